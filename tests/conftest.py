@@ -1,0 +1,21 @@
+"""Shared fixtures: where the real data lives (../shared/data beside the project)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("LIGHTCNN_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
+CIFAR10_JPEG = SHARED_DATA / "cifar10-jpeg.tar.gz"
+BIRDS_SAMPLE = SHARED_DATA / "birds-sample.tar.gz"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data; the tests that read real images fail loudly if it is missing."""
+    if not CIFAR10_JPEG.exists():
+        pytest.fail(f"real test data not found at {SHARED_DATA}: put the shared/ folder beside the project "
+                    "or set LIGHTCNN_SHARED_DATA")
+    return SHARED_DATA
