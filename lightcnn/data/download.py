@@ -1,0 +1,240 @@
+"""Resumable, checksummed downloads and safe archive extraction.
+
+A download is written to `<name>.part`, resumed with an HTTP Range request after a
+dropped connection, and renamed to `<name>` only once its checksum matched, so a file
+without the `.part` suffix is always complete and verified.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import shutil
+import stat
+import tarfile
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import requests
+from tqdm import tqdm
+
+
+class DataError(Exception):
+    """Bad input or a failed fetch/preprocess step; the message says what to do."""
+
+
+CHUNK_SIZE = 1 << 20
+
+# HTTP statuses worth retrying; any other error status fails at once.
+RETRYABLE_STATUSES = {408, 425, 429, 500, 502, 503, 504}
+
+
+def file_digest(path: str | os.PathLike, algorithm: str = "md5") -> str:
+    """Hex digest of a file, read in chunks."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK_SIZE), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_md5(path: str | os.PathLike, md5: str, what: str) -> None:
+    """Raise DataError unless the file's MD5 is `md5`. `what` names the file for the message."""
+    actual = file_digest(path, "md5")
+    if actual != md5.lower():
+        raise DataError(
+            f"checksum mismatch for {what}: MD5 is {actual}, expected {md5.lower()}. The file is "
+            "damaged or not the one expected; fetch it again, or pass the right md5 if you meant "
+            "to use a different file."
+        )
+
+
+def download_file(
+    url: str,
+    dest: str | os.PathLike,
+    *,
+    md5: str | None = None,
+    timeout: float = 60.0,
+    retries: int = 4,
+    backoff: float = 1.0,
+    progress: bool = True,
+) -> Path:
+    """Download `url` to `dest`, resuming a partial `dest.part`; return `dest`.
+
+    If `dest` already exists with the right checksum nothing is downloaded. Connection
+    errors, timeouts and 5xx answers are retried `retries` times, waiting
+    `backoff * 2**attempt` seconds in between; each retry resumes where the file stopped
+    (or restarts, if the server ignores Range). With `md5` the finished file is checked
+    before it is renamed; a mismatch deletes it and raises DataError.
+    """
+    dest = Path(dest)
+    part = dest.with_name(dest.name + ".part")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists():
+        if md5 is None or file_digest(dest, "md5") == md5.lower():
+            return dest
+        dest.unlink()  # a stale or damaged copy: fetch it again
+
+    last_error: Exception | None = None
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(backoff * 2 ** (attempt - 1))
+        try:
+            _download_attempt(url, part, timeout, progress)
+            break
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                _RetryableError) as e:
+            last_error = e
+        except requests.RequestException as e:  # a bad URL and the like: retrying will not help
+            raise DataError(f"cannot download {url}: {e}") from e
+    else:
+        if isinstance(last_error, requests.ConnectionError):
+            raise DataError(
+                f"cannot download {url}: {last_error}. If this machine is offline, download the file "
+                "elsewhere and point data.source (the `source` argument) at the local copy."
+            ) from last_error
+        raise DataError(f"cannot download {url} after {retries + 1} attempts: {last_error}") from last_error
+
+    if md5 is not None:
+        try:
+            check_md5(part, md5, f"{url} (downloaded)")
+        except DataError:
+            part.unlink()
+            raise
+    os.replace(part, dest)
+    return dest
+
+
+class _RetryableError(Exception):
+    """A failed attempt that the next attempt may fix."""
+
+
+def _download_attempt(url: str, part: Path, timeout: float, progress: bool) -> None:
+    """One GET of `url` into `part`, resuming it if it has bytes; raises unless complete."""
+    have = part.stat().st_size if part.exists() else 0
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    with requests.get(url, headers=headers, stream=True, timeout=timeout) as response:
+        if response.status_code == 416 and have:
+            return  # nothing left to send: the partial file is already whole (its checksum decides)
+        if response.status_code in RETRYABLE_STATUSES:
+            raise _RetryableError(f"HTTP {response.status_code} from {url}")
+        if response.status_code >= 400:
+            raise DataError(f"cannot download {url}: HTTP {response.status_code} {response.reason}")
+
+        if response.status_code == 206:
+            if _content_range_start(response) != have:
+                part.unlink()  # not the range asked for: start again from zero
+                raise _RetryableError(f"{url} answered a Range request with the wrong range")
+            mode, done = "ab", have
+        else:
+            mode, done = "wb", 0  # a fresh start, or a server that ignores Range: restart
+        remaining = response.headers.get("Content-Length")
+        total = done + int(remaining) if remaining is not None else None
+
+        with open(part, mode) as f, tqdm(
+            total=total, initial=done, unit="B", unit_scale=True, unit_divisor=1024,
+            desc=part.name.removesuffix(".part"), disable=not progress, mininterval=1.0,
+        ) as bar:
+            for chunk in response.iter_content(CHUNK_SIZE):
+                f.write(chunk)
+                bar.update(len(chunk))
+    if total is not None and part.stat().st_size < total:
+        raise _RetryableError(f"connection closed early while reading {url}")
+
+
+def _content_range_start(response: requests.Response) -> int | None:
+    # "Content-Range: bytes 100-999/1000" -> 100
+    value = response.headers.get("Content-Range", "")
+    try:
+        return int(value.split()[1].split("-")[0])
+    except (IndexError, ValueError):
+        return None
+
+
+# --------------------------------------------------------------------------- extraction
+
+
+def extract_archive(archive: str | os.PathLike, target_dir: str | os.PathLike) -> None:
+    """Extract a .tar(.gz/.bz2/.xz) or .zip archive into `target_dir`.
+
+    Every member is checked before anything is written: one that would land outside
+    `target_dir` (absolute path, '..', a link pointing outside, a device file) makes the
+    whole extraction fail with DataError.
+    """
+    archive, target_dir = Path(archive), Path(target_dir)
+    target_dir.mkdir(parents=True, exist_ok=True)
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                _check_member_path(info.filename, archive)
+                if stat.S_ISLNK(info.external_attr >> 16):
+                    raise DataError(f"archive {archive} has a symbolic link {info.filename!r}; refusing to extract it")
+            zf.extractall(target_dir)
+    elif tarfile.is_tarfile(archive):
+        with tarfile.open(archive, "r:*") as tf:
+            members = tf.getmembers()
+            for member in members:
+                _check_tar_member(member, archive)
+            try:
+                # The "data" filter (Python 3.10.12+/3.11.4+) is a second line of defence.
+                tf.extractall(target_dir, members=members, filter="data")
+            except tarfile.FilterError as e:
+                raise DataError(f"archive {archive}: refusing to extract {e}") from e
+    else:
+        raise DataError(f"{archive} is neither a tar nor a zip archive; give a .tar.gz, .tar or .zip file or a directory")
+
+
+def _check_member_path(name: str, archive: Path) -> str:
+    """The member's normalised relative path; DataError if it could escape the target."""
+    name = name.replace("\\", "/")
+    normalised = posixpath.normpath(name)
+    if (name.startswith("/") or (len(name) > 1 and name[1] == ":")
+            or normalised == ".." or normalised.startswith("../")):
+        raise DataError(
+            f"archive {archive} has a member {name!r} that would be written outside the target "
+            "directory; refusing to extract it (the archive is damaged or malicious)"
+        )
+    return normalised
+
+
+def _check_tar_member(member: tarfile.TarInfo, archive: Path) -> None:
+    path = _check_member_path(member.name, archive)
+    if member.issym():
+        # A symlink's target is relative to the directory holding it.
+        target = posixpath.normpath(posixpath.join(posixpath.dirname(path), member.linkname))
+        if member.linkname.startswith("/") or target == ".." or target.startswith("../"):
+            raise DataError(
+                f"archive {archive} has a symbolic link {member.name!r} -> {member.linkname!r} pointing "
+                "outside the target directory; refusing to extract it"
+            )
+    elif member.islnk():
+        _check_member_path(member.linkname, archive)  # hard link targets are archive paths
+    elif not (member.isfile() or member.isdir()):
+        raise DataError(f"archive {archive} has a special file {member.name!r} (device or fifo); refusing to extract it")
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a file or directory if it exists."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def temp_dir_beside(final: Path) -> Path:
+    """A new hidden temporary directory next to `final` (same filesystem, so renaming is atomic)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Put the finished directory `tmp` in place of `final` (which may exist)."""
+    if final.exists() or final.is_symlink():
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        os.replace(final, old / final.name)
+        os.replace(tmp, final)
+        remove_tree(old)
+    else:
+        os.replace(tmp, final)

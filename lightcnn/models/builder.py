@@ -1,0 +1,126 @@
+"""One builder for all four models: walks a spec table (specs.py) and adds blocks (blocks.py)."""
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from lightcnn.models import blocks
+from lightcnn.models.blocks import ATTENTIONS
+from lightcnn.models.specs import MODEL_SPECS, Row
+
+MODEL_NAMES = tuple(MODEL_SPECS)
+STRIDES = ("cifar", "birds", "auto")
+AUTO_CIFAR_MAX_SIZE = 64  # "auto" strides: CIFAR strides up to this input height/width
+
+
+def _choose(kind: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {kind} {value!r}; choose one of: {', '.join(choices)}")
+
+
+def resolve_strides(strides: str, input_shape: tuple[int, int, int]) -> str:
+    """ "cifar" or "birds"; "auto" picks CIFAR strides for inputs up to 64x64."""
+    _choose("strides", strides, STRIDES)
+    if strides != "auto":
+        return strides
+    height, width = input_shape[:2]
+    return "cifar" if max(height, width) <= AUTO_CIFAR_MAX_SIZE else "birds"
+
+
+def _check_arguments(name, num_classes, input_shape, attention, l2, dropout) -> None:
+    _choose("model", name, MODEL_NAMES)
+    _choose("attention", attention, ATTENTIONS)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes <= 0:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    if (
+        len(input_shape) != 3
+        or any(isinstance(size, bool) or not isinstance(size, int) or size <= 0 for size in input_shape)
+    ):
+        raise ValueError(f"input_shape must be three positive ints (height, width, channels), got {input_shape!r}")
+    if l2 < 0:
+        raise ValueError(f"l2 must be >= 0 (0 disables it), got {l2}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+
+
+def block_names(rows: tuple[Row, ...]) -> list[str]:
+    """Layer-name prefix of each row.
+
+    Conv rows before the body are "stem", after it "top1", "top2", ... with the very last
+    one "top" (so its activation is "top_conv_act"); MB rows are "stage{s}_block{i}"
+    (i counted within the stage) and CSP rows "stage{s}".
+    """
+    names: list[str] = []
+    blocks_in_stage: dict[int, int] = {}
+    body_started = False
+    top_rows = 0
+    for index, row in enumerate(rows):
+        if row.kind == "conv":
+            if not body_started:
+                names.append("stem" if index == 0 else f"stem{index + 1}")
+            elif index == len(rows) - 1:
+                names.append("top")
+            else:
+                top_rows += 1
+                names.append(f"top{top_rows}")
+        elif row.kind == "mb":
+            body_started = True
+            blocks_in_stage[row.stage] = blocks_in_stage.get(row.stage, 0) + 1
+            names.append(f"stage{row.stage}_block{blocks_in_stage[row.stage]}")
+        else:
+            body_started = True
+            names.append(f"stage{row.stage}")
+    return names
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    input_shape: tuple[int, int, int] = (32, 32, 3),
+    attention: str = "se",
+    *,
+    l2: float = 5e-5,
+    dropout: float = 0.5,
+    stochastic_depth: bool = True,
+    strides: str = "auto",
+) -> keras.Model:
+    """Build one of MODEL_NAMES with a softmax head of `num_classes`.
+
+    attention: "se" (as published), "cbam" or "ca" in place of SE where the table has SE,
+    or "none" to drop it. l2: L2 penalty on conv, depthwise and dense kernels (0 disables).
+    stochastic_depth: False makes the residual adds plain Add layers. strides: "cifar",
+    "birds" or "auto" (CIFAR strides when the input is at most 64x64).
+    """
+    input_shape = tuple(input_shape)
+    _check_arguments(name, num_classes, input_shape, attention, l2, dropout)
+    stride_set = resolve_strides(strides, input_shape)
+    spec = MODEL_SPECS[name]
+
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = inputs
+    for row, prefix in zip(spec.rows, block_names(spec.rows)):
+        stride = row.stride_cifar if stride_set == "cifar" else row.stride_birds
+        if row.kind == "conv":
+            x = blocks.conv_row(x, row.filters, row.kernel, stride, row.activation, f"{prefix}_conv", l2)
+            continue
+        row_attention = attention if row.attention else "none"
+        survival = 1.0 - spec.survival_decay * row.stage if stochastic_depth else None
+        if row.kind == "mb":
+            (expansion,) = row.expansions
+            x = blocks.inverted_residual(
+                x, expansion, row.filters, row.kernel, stride, row.activation, row_attention, survival, prefix, l2,
+            )
+        else:
+            x = blocks.csp_stage(
+                x, row.expansions, row.filters, row.kernel, stride, row.activation, row_attention, survival,
+                prefix, l2,
+            )
+
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    x = layers.Dense(
+        num_classes, kernel_initializer=blocks.KERNEL_INITIALIZER,
+        kernel_regularizer=keras.regularizers.L2(l2) if l2 > 0 else None, name="logits",
+    )(x)
+    outputs = layers.Activation("softmax", name="predictions")(x)
+    return keras.Model(inputs, outputs, name=name)

@@ -1,0 +1,57 @@
+"""Stage export@<model>: float32, float16 and int8 TFLite files, each measured in LiteRT.
+
+    python -m pipeline.export our_small
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from lightcnn import io
+from pipeline import stage, tracking
+from pipeline.params import check_model, load_params
+from pipeline.paths import PROCESSED_DIR, ModelPaths
+
+VARIANTS = ("float32", "float16", "int8")
+
+
+def take(dataset, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The first `limit` images (and integer labels) of a non-shuffled split."""
+    if limit is not None:
+        dataset = dataset.unbatch().take(limit).batch(256)
+    images, labels = zip(*((x, y.argmax(axis=1)) for x, y in dataset.as_numpy_iterator()))
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def main(model_name: str = "") -> None:
+    params = load_params()
+    check_model(params, model_name)
+    import keras
+
+    from lightcnn.data import make_dataset
+    from lightcnn.export import TFLiteModel, convert, evaluate_tflite
+
+    paths = ModelPaths(model_name)
+    settings = params["export"]
+    model = keras.models.load_model(paths.best)
+    calibration, _ = take(make_dataset(PROCESSED_DIR, "train", 256, training=False), settings["representative_images"])
+    test_images, test_labels = take(make_dataset(PROCESSED_DIR, "test", 256, training=False), settings["eval_images"])
+    keras_probs = model.predict(test_images, batch_size=256, verbose=0)
+
+    results = {"keras_top1": float(np.mean(keras_probs.argmax(axis=1) == test_labels)),
+               "eval_images": int(len(test_labels))}
+    for variant in VARIANTS:
+        tflite_bytes = convert(model, variant, representative_images=calibration if variant == "int8" else None)
+        io.write_bytes(paths.tflite(variant), tflite_bytes)
+        measured = evaluate_tflite(TFLiteModel(tflite_bytes), test_images, test_labels, reference_probs=keras_probs)
+        results[variant] = {"size_bytes": len(tflite_bytes), **measured}
+    io.write_json(paths.tflite_metrics, results)
+
+    run = tracking.ModelRun.reopen(paths.mlflow_run)
+    if run:
+        run.log_metrics(tracking.flatten("tflite", results))
+        run.log_artifacts([paths.tflite(v) for v in VARIANTS], "tflite")
+        run.finish()
+
+
+if __name__ == "__main__":
+    stage.run(main)
