@@ -47,7 +47,8 @@ def depthwise_row(x, kernel: int, stride: int, act: str, name: str, l2: float):
     return activation(x, act, f"{name}_act")
 
 
-def _dense(units: int, name: str, l2: float, act: str | None = None) -> layers.Dense:
+def dense(units: int, name: str, l2: float, act: str | None = None) -> layers.Dense:
+    """Dense layer with the project's kernel initializer and L2 penalty (linear unless `act`)."""
     return layers.Dense(
         units, activation=act, kernel_initializer=KERNEL_INITIALIZER,
         kernel_regularizer=_regularizer(l2), name=name,
@@ -61,10 +62,10 @@ def squeeze_excite(x, name: str, l2: float):
     """SE on C channels: pool -> Dense(C//4) -> BN -> hard-swish -> Dense(C) -> BN -> hard-sigmoid -> scale."""
     channels = x.shape[-1]
     gate = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_pool")(x)
-    gate = _dense(channels // 4, f"{name}_reduce", l2)(gate)
+    gate = dense(channels // 4, f"{name}_reduce", l2)(gate)
     gate = layers.BatchNormalization(name=f"{name}_reduce_bn")(gate)
     gate = layers.Activation("hard_silu", name=f"{name}_reduce_act")(gate)
-    gate = _dense(channels, f"{name}_expand", l2)(gate)
+    gate = dense(channels, f"{name}_expand", l2)(gate)
     gate = layers.BatchNormalization(name=f"{name}_expand_bn")(gate)
     gate = layers.Activation("hard_sigmoid", name=f"{name}_gate")(gate)
     return layers.Multiply(name=f"{name}_scale")([x, gate])
@@ -89,8 +90,8 @@ def cbam(x, name: str, l2: float):
     The shared MLP reduces to C//4 like our SE (the paper uses C//16, too narrow for 16-channel blocks).
     """
     channels = x.shape[-1]
-    reduce = _dense(channels // 4, f"{name}_mlp_reduce", l2, act="relu")
-    expand = _dense(channels, f"{name}_mlp_expand", l2)
+    reduce = dense(channels // 4, f"{name}_mlp_reduce", l2, act="relu")
+    expand = dense(channels, f"{name}_mlp_expand", l2)
     avg = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_avg_pool")(x)
     mx = layers.GlobalMaxPooling2D(keepdims=True, name=f"{name}_max_pool")(x)
     channel_gate = layers.Add(name=f"{name}_channel_sum")([expand(reduce(avg)), expand(reduce(mx))])

@@ -1,6 +1,8 @@
 """One builder for all four models: walks a spec table (specs.py) and adds blocks (blocks.py)."""
 from __future__ import annotations
 
+from numbers import Integral
+
 import keras
 from keras import layers
 
@@ -27,15 +29,16 @@ def resolve_strides(strides: str, input_shape: tuple[int, int, int]) -> str:
     return "cifar" if max(height, width) <= AUTO_CIFAR_MAX_SIZE else "birds"
 
 
+def _is_positive_int(value) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool) and value > 0
+
+
 def _check_arguments(name, num_classes, input_shape, attention, l2, dropout) -> None:
     _choose("model", name, MODEL_NAMES)
     _choose("attention", attention, ATTENTIONS)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes <= 0:
+    if not _is_positive_int(num_classes):
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    if (
-        len(input_shape) != 3
-        or any(isinstance(size, bool) or not isinstance(size, int) or size <= 0 for size in input_shape)
-    ):
+    if len(input_shape) != 3 or not all(_is_positive_int(size) for size in input_shape):
         raise ValueError(f"input_shape must be three positive ints (height, width, channels), got {input_shape!r}")
     if l2 < 0:
         raise ValueError(f"l2 must be >= 0 (0 disables it), got {l2}")
@@ -93,6 +96,7 @@ def build_model(
     """
     input_shape = tuple(input_shape)
     _check_arguments(name, num_classes, input_shape, attention, l2, dropout)
+    num_classes, input_shape = int(num_classes), tuple(int(size) for size in input_shape)
     stride_set = resolve_strides(strides, input_shape)
     spec = MODEL_SPECS[name]
 
@@ -118,9 +122,6 @@ def build_model(
 
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
-    x = layers.Dense(
-        num_classes, kernel_initializer=blocks.KERNEL_INITIALIZER,
-        kernel_regularizer=keras.regularizers.L2(l2) if l2 > 0 else None, name="logits",
-    )(x)
+    x = blocks.dense(num_classes, "logits", l2)(x)
     outputs = layers.Activation("softmax", name="predictions")(x)
     return keras.Model(inputs, outputs, name=name)
