@@ -13,10 +13,9 @@ from typing import Any, Callable
 
 import yaml
 
+from lightcnn.data import DATASETS
 from lightcnn.models import MODEL_NAMES
 from pipeline.paths import PROJECT_ROOT
-
-DATASETS = ("cifar10", "cifar100", "birds", "folder")
 
 Check = Callable[[Any], "str | None"]  # returns an error text, or None when the value is fine
 

@@ -15,14 +15,6 @@ METRICS_DIR = PROJECT_ROOT / "metrics"
 MODEL_METRICS_DIR = METRICS_DIR / "models"
 
 
-def resolve_source(source: str | None) -> Path | None:
-    """data.source, relative paths taken from the project the user works in."""
-    if source is None:
-        return None
-    path = Path(source).expanduser()
-    return path if path.is_absolute() else (HOME_ROOT / path).resolve()
-
-
 class ModelPaths:
     """The files of one model's stages."""
 

@@ -175,10 +175,14 @@ class ModelRun:
 
     def log_keras_model(self, model: keras.Model, name: str = "model") -> None:
         import mlflow
+        import numpy as np
+        from mlflow.models import infer_signature
 
         def log() -> None:
+            example = np.zeros((1, *model.input_shape[1:]), dtype="float32")
+            signature = infer_signature(example, model.predict(example, verbose=0))
             with mlflow.start_run(run_id=self.run_id, log_system_metrics=False):
-                mlflow.keras.log_model(model, name=name, pip_requirements=MODEL_REQUIREMENTS)
+                mlflow.keras.log_model(model, name=name, pip_requirements=MODEL_REQUIREMENTS, signature=signature)
         self._safely("logging the Keras model", log)
 
     def finish(self, status: str = "FINISHED") -> None:

@@ -86,7 +86,8 @@ def test_repro_writes_metrics_for_all_four_models(project):
     rows = [line for line in comparison.splitlines() if any(line.startswith(f"| {m} ") for m in MODELS)]
     assert len(rows) == 4, comparison
     assert (root / "metrics" / "accuracy_vs_latency.png").stat().st_size > 0
-    assert set(read_json(root / "metrics" / "comparison.json")["models"]) == set(MODELS)
+    datasets = read_json(root / "metrics" / "comparison.json")["datasets"]
+    assert {row["model"] for run in datasets for row in run["rows"]} == set(MODELS)
 
 
 def test_mlflow_has_one_run_per_model_with_params_metrics_tags_and_model(project):
