@@ -13,8 +13,9 @@ def main() -> None:
     data = load_params()["data"]
     from lightcnn.data import fetch_dataset
 
+    # Downloads are kept in the user's project, so queued experiments reuse (and resume) them.
     fetch_dataset(data["dataset"], RAW_DIR, source=data["source"], base_dir=HOME_ROOT, url=data["url"],
-                  kaggle_version=data["kaggle_version"])
+                  kaggle_version=data["kaggle_version"], download_dir=HOME_ROOT / "data" / "downloads")
 
 
 if __name__ == "__main__":

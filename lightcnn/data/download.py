@@ -1,4 +1,4 @@
-"""Resumable, checksummed downloads and safe archive extraction.
+"""Resumable, checksummed downloads; safe archive extraction and reading in place.
 
 A download is written to `<name>.part`, resumed with an HTTP Range request after a
 dropped connection, and renamed to `<name>` only once its checksum matched, so a file
@@ -25,7 +25,7 @@ class DataError(Exception):
     """Bad input or a failed fetch/preprocess step; the message says what to do."""
 
 
-CHUNK_SIZE = 1 << 20
+CHUNK_SIZE = 1 << 16  # also how much a dropped connection can lose
 
 # HTTP statuses worth retrying; any other error status fails at once.
 RETRYABLE_STATUSES = {408, 425, 429, 500, 502, 503, 504}
@@ -114,7 +114,9 @@ class _RetryableError(Exception):
 def _download_attempt(url: str, part: Path, timeout: float, progress: bool) -> None:
     """One GET of `url` into `part`, resuming it if it has bytes; raises unless complete."""
     have = part.stat().st_size if part.exists() else 0
-    headers = {"Range": f"bytes={have}-"} if have else {}
+    headers = {"Accept-Encoding": "identity"}  # the file's own bytes, never a re-compressed transfer
+    if have:
+        headers["Range"] = f"bytes={have}-"
     with requests.get(url, headers=headers, stream=True, timeout=timeout) as response:
         if response.status_code == 416 and have:
             return  # nothing left to send: the partial file is already whole (its checksum decides)
@@ -183,7 +185,8 @@ def extract_archive(archive: str | os.PathLike, target_dir: str | os.PathLike) -
             except tarfile.FilterError as e:
                 raise DataError(f"archive {archive}: refusing to extract {e}") from e
     else:
-        raise DataError(f"{archive} is neither a tar nor a zip archive; give a .tar.gz, .tar or .zip file or a directory")
+        raise DataError(f"{archive} is neither a tar nor a zip archive; "
+                        "give a .tar.gz, .tar or .zip file or a directory")
 
 
 def _check_member_path(name: str, archive: Path) -> str:
@@ -212,7 +215,56 @@ def _check_tar_member(member: tarfile.TarInfo, archive: Path) -> None:
     elif member.islnk():
         _check_member_path(member.linkname, archive)  # hard link targets are archive paths
     elif not (member.isfile() or member.isdir()):
-        raise DataError(f"archive {archive} has a special file {member.name!r} (device or fifo); refusing to extract it")
+        raise DataError(f"archive {archive} has a special file {member.name!r} (device or fifo); "
+                        "refusing to extract it")
+
+
+# --------------------------------------------------------------------------- reading archives in place
+
+
+def list_archive(archive: str | os.PathLike) -> list[str]:
+    """The regular files ("a/b.jpg") and folders ("a/") of a tar or zip archive, names
+    normalised; DataError for a name that points outside the archive (absolute, '..')."""
+    archive = Path(archive)
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            return [_check_member_path(info.filename, archive) + ("/" if info.is_dir() else "")
+                    for info in zf.infolist() if not stat.S_ISLNK(info.external_attr >> 16)]
+    if tarfile.is_tarfile(archive):
+        with tarfile.open(archive, "r:*") as tf:
+            return [_check_member_path(member.name, archive) + ("/" if member.isdir() else "")
+                    for member in tf if member.isfile() or member.isdir()]
+    raise DataError(f"{archive} is neither a tar nor a zip archive; give a .tar.gz, .tar or .zip file or a directory")
+
+
+class ArchiveReader:
+    """Reads regular files of a tar or zip archive by (normalised) name, without extracting.
+
+    A zip is read on demand. A compressed tar can only be read front to back, so the
+    `wanted` files are read into memory in one pass when the reader opens.
+    """
+
+    def __init__(self, archive: str | os.PathLike, wanted: set[str]):
+        archive = Path(archive)
+        self.zip, self.loaded = None, {}
+        if zipfile.is_zipfile(archive):
+            self.zip = zipfile.ZipFile(archive)
+            self.zip_names = {_check_member_path(info.filename, archive): info for info in self.zip.infolist()}
+        else:
+            with tarfile.open(archive, "r:*") as tf:
+                for member in tf:
+                    name = _check_member_path(member.name, archive)
+                    if member.isfile() and name in wanted:
+                        self.loaded[name] = tf.extractfile(member).read()
+
+    def read(self, name: str) -> bytes:
+        """The file's bytes (a tar file can be read once)."""
+        return self.zip.read(self.zip_names[name]) if self.zip else self.loaded.pop(name)
+
+    def close(self) -> None:
+        if self.zip:
+            self.zip.close()
+        self.loaded = {}
 
 
 def remove_tree(path: Path) -> None:
@@ -231,6 +283,9 @@ def temp_dir_beside(final: Path) -> Path:
 
 def replace_dir(tmp: Path, final: Path) -> None:
     """Put the finished directory `tmp` in place of `final` (which may exist)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private (0700)
     if final.exists() or final.is_symlink():
         old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
         os.replace(final, old / final.name)
@@ -238,3 +293,4 @@ def replace_dir(tmp: Path, final: Path) -> None:
         remove_tree(old)
     else:
         os.replace(tmp, final)
+

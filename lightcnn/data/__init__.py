@@ -1,0 +1,31 @@
+"""Datasets: fetch (download or local copy) -> preprocess (TFRecords) -> tf.data input pipeline.
+
+`fetch_dataset` and `preprocess_dataset` do not import TensorFlow at import time (the
+preprocess worker processes import this package); the input pipeline names are loaded
+from `lightcnn.data.pipeline`, which does, on first use.
+"""
+from lightcnn.data.download import DataError, download_file, extract_archive
+from lightcnn.data.fetch import DATASETS, fetch_dataset, find_kaggle_credentials, read_fetch_info
+from lightcnn.data.preprocess import preprocess_dataset
+
+_PIPELINE_NAMES = ("load_manifest", "make_dataset", "read_examples")
+
+__all__ = [
+    "DATASETS",
+    "DataError",
+    "download_file",
+    "extract_archive",
+    "fetch_dataset",
+    "find_kaggle_credentials",
+    "preprocess_dataset",
+    "read_fetch_info",
+    *_PIPELINE_NAMES,
+]
+
+
+def __getattr__(name: str):
+    if name in _PIPELINE_NAMES:
+        from lightcnn.data import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module 'lightcnn.data' has no attribute {name!r}")

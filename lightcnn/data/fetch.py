@@ -1,0 +1,388 @@
+"""Fetch a dataset into a raw directory that `preprocess` reads.
+
+The raw directory holds one of three layouts, named by `format` in its `fetch_info.json`:
+
+- "cifar-python": the official CIFAR python archive, extracted (`cifar-10-batches-py/` or
+  `cifar-100-python/`), with the sha256 of each pickle so preprocess can check them again
+  before loading them;
+- "class-folder-archive": a .tar(.gz)/.zip archive holding `train/<class>/*`,
+  `test/<class>/*` and optionally `valid/<class>/*` (or `val/`), possibly inside one top
+  folder (`root`), copied as it is: preprocess reads it in place, so no tens of thousands
+  of small files are written (and tracked by DVC);
+- "class-folders": the same split folders, copied from a directory.
+
+`fetch_info.json` also records the dataset, where it came from (URL or local source, the
+archive's MD5, the Kaggle dataset and version) and never any credentials. The directory
+is built under a temporary name and renamed into place when complete.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tarfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from lightcnn.data.download import (
+    DataError,
+    check_md5,
+    download_file,
+    extract_archive,
+    file_digest,
+    list_archive,
+    remove_tree,
+    replace_dir,
+    temp_dir_beside,
+)
+
+DATASETS = ("cifar10", "cifar100", "birds", "folder")
+FETCH_INFO = "fetch_info.json"
+
+# Folder names of the splits in a class-folder dataset; "valid" is the Kaggle birds name.
+TRAIN_FOLDER, TEST_FOLDER = "train", "test"
+VAL_FOLDERS = ("valid", "val")
+
+
+@dataclass(frozen=True)
+class CifarArchive:
+    url: str
+    md5: str
+    folder: str  # the one top-level folder inside the archive
+    num_classes: int
+
+
+CIFAR_ARCHIVES = {
+    "cifar10": CifarArchive(
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        "c58f30108f718f92721af3b95e74349a", "cifar-10-batches-py", 10),
+    "cifar100": CifarArchive(
+        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        "eb9058c3a382ffc7106e4002c42a8d85", "cifar-100-python", 100),
+}
+
+# Official label order; a class-folder copy of CIFAR-10 must use these folder names.
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+KAGGLE_BIRDS = "gpiosenka/100-bird-species"
+
+
+def fetch_dataset(
+    dataset: str,
+    raw_dir: str | os.PathLike,
+    *,
+    source: str | os.PathLike | None = None,
+    base_dir: str | os.PathLike | None = None,
+    url: str | None = None,
+    md5: str | None = None,
+    kaggle_dataset: str = KAGGLE_BIRDS,
+    kaggle_version: int | None = None,
+    download_dir: str | os.PathLike | None = None,
+    timeout: float = 60.0,
+    retries: int = 4,
+    progress: bool = True,
+) -> dict:
+    """Fetch `dataset` into `raw_dir` (replacing it) and return the fetch info.
+
+    dataset: "cifar10" or "cifar100" (official python archive from `url`, checked against
+        `md5`; both default to the official ones), "birds" (Kaggle `kaggle_dataset`, at
+        `kaggle_version` or the latest) or "folder" (needs `source`).
+    source: a local copy to use instead of the download: the official CIFAR archive (its
+        MD5 is checked before anything is unpacked), or a class-folder dataset as a
+        directory or .tar.gz/.zip archive. Relative paths are resolved against `base_dir`
+        (default: the current directory).
+    md5: expected MD5 of the archive (download or `source`); for class-folder archives
+        it is optional.
+    download_dir: where downloads are kept (resumable, reused when their checksum
+        matches); default `<raw_dir>/../downloads`.
+    """
+    if dataset not in DATASETS:
+        raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    if dataset == "folder" and source is None:
+        raise DataError("dataset 'folder' needs a source (data.source): a directory or .tar.gz/.zip archive "
+                        "holding train/<class>/*, test/<class>/* and optionally valid/<class>/*")
+    if url is not None and dataset not in CIFAR_ARCHIVES:
+        raise DataError(f"url only applies to cifar10/cifar100; for {dataset!r} give a local source instead")
+    if kaggle_version is not None and (isinstance(kaggle_version, bool) or not isinstance(kaggle_version, int)
+                                       or kaggle_version < 1):
+        raise DataError(f"kaggle_version must be a positive integer or None (latest), got {kaggle_version!r}")
+
+    raw_dir = Path(raw_dir)
+    download_dir = Path(download_dir) if download_dir is not None else raw_dir.parent / "downloads"
+    source_path = None
+    if source is not None:
+        source_path = Path(base_dir or ".") / Path(source).expanduser()
+        if not source_path.exists():
+            raise DataError(f"data source {source_path} does not exist (source={str(source)!r}, resolved against "
+                            f"{Path(base_dir or '.').resolve()}); fix data.source or leave it empty to download")
+        if md5 is not None and source_path.is_dir():
+            raise DataError(f"md5 applies to an archive, but the source {source_path} is a directory")
+
+    info: dict = {"dataset": dataset, "source": None if source is None else str(source), "url": None, "md5": None}
+    tmp = temp_dir_beside(raw_dir)
+    try:
+        if dataset in CIFAR_ARCHIVES:
+            _fetch_cifar(CIFAR_ARCHIVES[dataset], source_path, url, md5, download_dir, tmp, info,
+                         timeout=timeout, retries=retries, progress=progress)
+        elif source_path is None:  # birds from Kaggle
+            archive = _download_kaggle(kaggle_dataset, kaggle_version, download_dir, progress)
+            info["kaggle"] = {"dataset": kaggle_dataset, "version": kaggle_version}
+            info["md5"] = file_digest(archive, "md5")
+            if md5 is not None:
+                check_md5(archive, md5, f"Kaggle archive {archive}")
+            _lay_out_class_folders(archive, tmp, info)
+        else:
+            if source_path.is_file():
+                info["md5"] = file_digest(source_path, "md5")
+                if md5 is not None:
+                    check_md5(source_path, md5, f"data source {source_path}")
+            _lay_out_class_folders(source_path, tmp, info)
+        (tmp / FETCH_INFO).write_text(json.dumps(info, indent=2) + "\n")
+        replace_dir(tmp, raw_dir)
+    except BaseException:
+        remove_tree(tmp)
+        raise
+    return info
+
+
+def read_fetch_info(raw_dir: str | os.PathLike) -> dict:
+    """The fetch info of a raw directory; DataError if it is not one."""
+    path = Path(raw_dir) / FETCH_INFO
+    if not path.is_file():
+        raise DataError(f"{raw_dir} is not a fetched dataset ({FETCH_INFO} missing): run the fetch stage first")
+    return json.loads(path.read_text())
+
+
+# --------------------------------------------------------------------------- CIFAR
+
+
+def _fetch_cifar(spec: CifarArchive, source: Path | None, url: str | None, md5: str | None,
+                 download_dir: Path, out: Path, info: dict, **download_args) -> None:
+    """The official archive (downloaded, or a local copy), or a class-folder copy of CIFAR."""
+    expected_md5 = (md5 or spec.md5).lower()
+    if source is None:
+        url = url or spec.url
+        archive = download_file(url, download_dir / Path(urlsplit(url).path).name, md5=expected_md5,
+                                **download_args)
+        info.update(url=url, md5=expected_md5)
+    elif source.is_file():
+        official = _is_official_cifar_archive(source, spec)
+        if official or md5 is not None:
+            # never unpack an official archive (nor load its pickles) before its MD5 matched
+            check_md5(source, expected_md5, f"data source {source}")
+        if not official:  # a class-folder archive, e.g. CIFAR as JPEGs
+            _check_cifar_classes(_lay_out_class_folders(source, out, info), spec, source)
+            info["md5"] = file_digest(source, "md5")
+            return
+        archive = source
+        info["md5"] = expected_md5
+    else:
+        if (source / spec.folder).is_dir() or (source / "batches.meta").is_file() or (source / "meta").is_file():
+            raise DataError(
+                f"{source} is an extracted official CIFAR folder, which cannot be checked: give the "
+                f"{Path(spec.url).name} archive itself as the source (its MD5 is checked before its pickles "
+                "are loaded)")
+        _check_cifar_classes(_lay_out_class_folders(source, out, info), spec, source)
+        return
+
+    extract_archive(archive, out / ".extract")
+    folder = out / ".extract" / spec.folder
+    if not folder.is_dir():
+        raise DataError(f"{archive} has no {spec.folder}/ folder: it is not the official CIFAR python archive")
+    os.replace(folder, out / spec.folder)
+    remove_tree(out / ".extract")
+    info["format"] = "cifar-python"
+    info["folder"] = spec.folder
+    # preprocess checks these again before unpickling anything
+    info["pickle_sha256"] = {f.name: file_digest(f, "sha256")
+                             for f in sorted((out / spec.folder).iterdir()) if f.is_file()}
+
+
+def _is_official_cifar_archive(path: Path, spec: CifarArchive) -> bool:
+    """Whether the archive's first member is in the official folder (reads one header, unpacks nothing)."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()[:1]
+        else:
+            with tarfile.open(path, "r:*") as tf:
+                first = tf.next()
+                names = [first.name] if first else []
+    except (OSError, tarfile.TarError, zipfile.BadZipFile):
+        return False
+    return any(name.split("/")[0] == spec.folder for name in names)
+
+
+def _check_cifar_classes(classes: list[str], spec: CifarArchive, source: Path) -> None:
+    if spec.num_classes == 10 and classes != list(CIFAR10_CLASSES):
+        raise DataError(f"{source}: a class-folder CIFAR-10 needs the folders {', '.join(CIFAR10_CLASSES)} "
+                        f"(the official label order), found {', '.join(classes)}")
+    if len(classes) != spec.num_classes:
+        raise DataError(f"{source}: CIFAR with {spec.num_classes} classes expected, found {len(classes)} class folders")
+
+
+# --------------------------------------------------------------------------- class folders
+
+
+def _lay_out_class_folders(source: Path, out: Path, info: dict) -> list[str]:
+    """Put a class-folder dataset into `out` (an archive as it is, a directory's split
+    folders as copies) and return its class names."""
+    entries = _list_directory(source) if source.is_dir() else list_archive(source)
+    root, split_folders = find_split_folders(entries, str(source))
+    if source.is_dir():
+        for folder in split_folders.values():
+            shutil.copytree(source / root / folder, out / folder)
+        info.update(format="class-folders", split_folders=split_folders)
+    else:
+        shutil.copyfile(source, out / source.name)
+        info.update(format="class-folder-archive", archive=source.name, root=root, split_folders=split_folders)
+    names = list_class_names([entry[len(root):] for entry in entries if entry.startswith(root)], split_folders)
+    if not names:
+        raise DataError(f"{source}: {root}train/ has no class folders; expected train/<class>/<image files>")
+    return names
+
+
+def _list_directory(top: Path) -> list[str]:
+    """Files ("a/b.jpg") and folders ("a/") under `top`, named as list_archive names them."""
+    return sorted(p.relative_to(top).as_posix() + ("/" if p.is_dir() else "") for p in top.rglob("*"))
+
+
+def _hidden(entry: str) -> bool:
+    # .DS_Store, ._* and __MACOSX/ (macOS zips) are no part of a dataset
+    parts = entry.rstrip("/").split("/")
+    return parts[0] == "__MACOSX" or any(part.startswith(".") for part in parts)
+
+
+def find_split_folders(entries: list[str], what: str) -> tuple[str, dict[str, str]]:
+    """The dataset root in a listing ("" or a prefix like "birds/": archives often wrap the
+    data in a folder) and its split folders, e.g. {"train": "train", "test": "test", "val": "valid"}."""
+    visible = [entry for entry in entries if not _hidden(entry)]
+    roots = set()
+    for entry in visible:
+        parts = entry.split("/")
+        for depth in range(min(len(parts) - 1, 4)):  # train/ at most 3 folders down
+            if parts[depth] == TRAIN_FOLDER:
+                roots.add("".join(part + "/" for part in parts[:depth]))
+                break
+    if not roots:
+        raise DataError(
+            f"{what} has no train/ folder: a class-folder dataset needs train/<class>/* and test/<class>/* "
+            "(valid/<class>/* is optional). For CIFAR in the official python format give the .tar.gz archive.")
+    depth = min(root.count("/") for root in roots)
+    shallowest = sorted(root for root in roots if root.count("/") == depth)
+    if len(shallowest) > 1:
+        raise DataError(f"{what} has several train/ folders (in {', '.join(shallowest)}); "
+                        "point the source at the one to use")
+    root = shallowest[0]
+    folders = {entry[len(root):].split("/")[0] for entry in visible if entry.startswith(root)
+               and "/" in entry[len(root):]}
+    if TEST_FOLDER not in folders:
+        raise DataError(f"{what} has {root}train/ but no test/ folder beside it: a class-folder dataset needs "
+                        "train/<class>/* and test/<class>/* (valid/<class>/* is optional); make a test split")
+    val_folders = [name for name in VAL_FOLDERS if name in folders]
+    if len(val_folders) > 1:
+        raise DataError(f"{what} has both {' and '.join(val_folders)} folders; keep one validation folder")
+    split_folders = {"train": TRAIN_FOLDER, "test": TEST_FOLDER}
+    if val_folders:
+        split_folders["val"] = val_folders[0]
+    return root, split_folders
+
+
+def class_folder_entries(raw_dir: str | os.PathLike, info: dict) -> list[str]:
+    """The visible files and folders of a fetched class-folder dataset's split folders,
+    relative to the dataset root ("train/cat/1.jpg", "train/cat/"), sorted."""
+    raw_dir = Path(raw_dir)
+    if info["format"] == "class-folder-archive":
+        root = info["root"]
+        entries = [entry[len(root):] for entry in list_archive(raw_dir / info["archive"]) if entry.startswith(root)]
+    else:
+        entries = _list_directory(raw_dir)
+    folders = set(info["split_folders"].values())
+    return sorted(entry for entry in entries
+                  if "/" in entry and entry.split("/")[0] in folders and not _hidden(entry))
+
+
+def list_class_names(entries: list[str], split_folders: dict[str, str]) -> list[str]:
+    """The class folder names in train/, sorted: the class order, label i = class_names[i]."""
+    train = split_folders["train"] + "/"
+    return sorted({entry.split("/")[1] for entry in entries if entry.startswith(train)
+                   and entry.count("/") >= 2 and not _hidden(entry)})
+
+
+# --------------------------------------------------------------------------- Kaggle
+
+
+def kaggle_config_dir() -> Path:
+    """The folder where the kaggle package looks for kaggle.json (same rules as the package)."""
+    if os.environ.get("KAGGLE_CONFIG_DIR"):
+        return Path(os.environ["KAGGLE_CONFIG_DIR"]).expanduser()
+    home_dir = Path("~/.kaggle").expanduser()
+    if sys.platform.startswith("linux") and not home_dir.exists():
+        xdg = os.environ.get("XDG_CONFIG_HOME") or Path("~/.config").expanduser()
+        return Path(xdg) / "kaggle"
+    return home_dir
+
+
+def find_kaggle_credentials() -> str | None:
+    """Where Kaggle credentials were found (a description, never the secret), or None."""
+    if os.environ.get("KAGGLE_API_TOKEN"):
+        return "the KAGGLE_API_TOKEN environment variable"
+    kaggle_json = kaggle_config_dir() / "kaggle.json"
+    from_file = {}
+    if kaggle_json.is_file():
+        try:
+            from_file = json.loads(kaggle_json.read_text())
+        except (OSError, ValueError):
+            from_file = None
+        if not isinstance(from_file, dict):
+            raise DataError(f'{kaggle_json} is not a JSON object; it should hold {{"username": ..., "key": ...}}')
+    # As in the kaggle package, the environment and the file may each give one of the two.
+    username = os.environ.get("KAGGLE_USERNAME") or from_file.get("username")
+    key = os.environ.get("KAGGLE_KEY") or from_file.get("key")
+    if username and key:
+        return f"KAGGLE_USERNAME/KAGGLE_KEY (environment or {kaggle_json})"
+    for name in ("access_token", "access_token.txt", "credentials.json"):  # token file, `kaggle auth login`
+        path = Path("~/.kaggle").expanduser() / name
+        if path.is_file():
+            return str(path)
+    return None
+
+
+def kaggle_credentials_help() -> str:
+    return (
+        "Kaggle credentials not found. The birds dataset is downloaded from Kaggle and needs an API token "
+        "(create one at https://www.kaggle.com/settings, section API). Provide it in one of these ways:\n"
+        "  - environment: KAGGLE_USERNAME and KAGGLE_KEY, or KAGGLE_API_TOKEN;\n"
+        f"  - file: {kaggle_config_dir() / 'kaggle.json'} holding {{\"username\": ..., \"key\": ...}} "
+        "(chmod 600; KAGGLE_CONFIG_DIR moves this folder), or ~/.kaggle/access_token.\n"
+        "Or skip Kaggle: point data.source at a local copy of the dataset (a directory or .zip with "
+        "train/, valid/ and test/ class folders).")
+
+
+def _download_kaggle(dataset: str, version: int | None, download_dir: Path, progress: bool) -> Path:
+    """Download the Kaggle dataset's zip (the kaggle package resumes partial downloads)."""
+    where = find_kaggle_credentials()
+    if where is None:
+        raise DataError(kaggle_credentials_help())
+    ref = dataset if version is None else f"{dataset}/versions/{version}"
+    target = download_dir / (dataset.replace("/", "__") + (f"-v{version}" if version else "-latest"))
+    try:
+        # Imported here: importing kaggle authenticates at once, and exits when it cannot.
+        from kaggle.api.kaggle_api_extended import KaggleApi
+
+        api = KaggleApi()
+        api.authenticate()
+        api.dataset_download_files(ref, path=str(target), quiet=not progress, unzip=False)
+    except SystemExit:
+        raise DataError(f"Kaggle did not accept the credentials from {where} (or could not be reached to "
+                        "check them). Renew the token, or point data.source at a local copy.") from None
+    except Exception as e:
+        raise DataError(f"Kaggle download of {ref} failed ({type(e).__name__}: {e}). If this machine is "
+                        "offline, point data.source at a local copy of the dataset.") from e
+    archive = target / (dataset.split("/")[-1] + ".zip")
+    if not archive.is_file():
+        raise DataError(f"Kaggle download of {ref} finished but {archive} is missing")
+    return archive
