@@ -20,19 +20,20 @@ def main(model: str = "") -> None:
     import keras
 
     from lightcnn.data import load_manifest, make_dataset
-    from lightcnn.training import resolve_config, train_model
+    from lightcnn.training import checkpoint_epoch, resolve_config, seed_everything, train_model
 
     config = resolve_config(**model_train_settings(params, model))
     manifest = load_manifest(PROCESSED_DIR)
     paths = ModelPaths(model)
     resume_file = paths.dir / "checkpoint-mlflow-run.json"   # not a DVC out: survives a kill
-    resuming = paths.checkpoint.exists() and resume_file.exists()
+    resuming = checkpoint_epoch(paths.dir, config) > 0 and resume_file.exists()
     experiment = tracking.experiment_name(params["data"], manifest["num_classes"])
     run = tracking.ModelRun.start(resume_file, experiment, model, resume=resuming)
     if not resuming:
         run.log_params({"model": model, **tracking.flatten("train", dataclasses.asdict(config)),
                         **tracking.flatten("data", params["data"]), "data.num_classes_effective": manifest["num_classes"]})
 
+    seed_everything(config)  # before the datasets: their seeded shuffles mix in TF's global seed
     train_ds = make_dataset(PROCESSED_DIR, "train", config.batch_size, training=True, seed=config.seed,
                             augment=config.augment, shift_fraction=config.shift_fraction, flip=config.flip)
     val_ds = make_dataset(PROCESSED_DIR, "val", config.batch_size, training=False)

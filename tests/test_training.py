@@ -1,0 +1,341 @@
+"""Training: recipes and their validation, and train_model on a few hundred real CIFAR-10
+images (outputs, determinism, resume after SIGKILL, fresh start on changed settings)."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import io
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+import lightcnn.models  # noqa: F401  (registers the custom layers for load_model)
+from lightcnn.training import (
+    CONFIG_KEYS, HISTORY_COLUMNS, RECIPES, TrainConfig, checkpoint_epoch, make_learning_rate, resolve_config,
+    seed_everything, train_model,
+)
+from tests.conftest import CIFAR10_JPEG, PROJECT_ROOT
+
+# ----------------------------------------------------------------------------- recipes
+
+
+def test_recipes_hold_every_setting():
+    for name, values in RECIPES.items():
+        assert set(values) == set(CONFIG_KEYS) - {"recipe"}, name
+        assert resolve_config(name) == TrainConfig(recipe=name, **values)
+
+
+def test_study_recipe_is_the_published_protocol():
+    config = resolve_config("study")
+    assert (config.optimizer, config.learning_rate, config.schedule) == ("adam", 1e-3, "constant")
+    assert config.weight_decay == 0 and config.warmup_epochs == 0
+    assert (config.epochs, config.batch_size, config.label_smoothing, config.l2) == (150, 128, 0.1, 5e-5)
+    assert config.stochastic_depth and config.augment and config.flip and config.shift_fraction == 0.2
+    assert (config.dropout, config.attention) == (0.5, "se")
+
+
+def test_default_recipe_is_a_short_warmup_cosine_schedule():
+    config = resolve_config("default")
+    assert config.epochs <= 30
+    assert config.schedule in ("cosine", "onecycle") and 0 < config.warmup_epochs < config.epochs
+    assert config.optimizer in ("sgd", "adamw")
+
+
+def test_overrides_replace_recipe_values_and_none_keeps_them():
+    config = resolve_config("study", epochs=3, optimizer="sgd", momentum=0.9, learning_rate=None, seed=7)
+    assert (config.recipe, config.epochs, config.optimizer, config.momentum, config.seed) == ("study", 3, "sgd", 0.9, 7)
+    assert config.learning_rate == RECIPES["study"]["learning_rate"]
+
+
+@pytest.mark.parametrize("recipe, overrides, message", [
+    ("fast", {}, r"recipe must be one of 'default', 'study'; got 'fast'"),
+    ("study", {"optimizer": "rmsprop"}, r"optimizer must be one of 'adamw', 'adam', 'sgd'; got 'rmsprop'"),
+    ("study", {"schedule": "step"}, r"schedule must be one of 'constant', 'cosine', 'onecycle'"),
+    ("study", {"attention": "eca"}, r"attention must be one of 'se', 'cbam', 'ca', 'none'"),
+    ("study", {"epochs": 0}, r"epochs must be an integer >= 1; got 0"),
+    ("study", {"epochs": 2.5}, r"epochs must be an integer >= 1; got 2.5"),
+    ("study", {"batch_size": -8}, r"batch_size must be an integer >= 1; got -8"),
+    ("study", {"learning_rate": "1e-3"}, r"learning_rate must be a number > 0; got '1e-3' \(YAML"),
+    ("study", {"label_smoothing": 1.0}, r"label_smoothing must be a number in \[0, 1\); got 1.0"),
+    ("study", {"augment": "yes"}, r"augment must be true or false"),
+    ("study", {"weight_decay": 0.05}, r"weight_decay must be 0 with optimizer 'adam'; use optimizer 'adamw'"),
+    ("default", {"epochs": 2}, r"warmup_epochs must be below epochs \(2\)"),
+    ("study", {"epoch": 3}, r"unknown training setting\(s\) epoch .*valid settings: epochs, batch_size"),
+])
+def test_bad_settings_name_the_key_and_what_is_allowed(recipe, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_config(recipe, **overrides)
+
+
+def test_learning_rate_schedules():
+    steps_per_epoch = 10
+    settings = dict(epochs=10, warmup_epochs=2, learning_rate=0.1)
+    cosine = make_learning_rate(resolve_config("default", schedule="cosine", **settings), steps_per_epoch)
+    onecycle = make_learning_rate(resolve_config("default", schedule="onecycle", **settings), steps_per_epoch)
+    assert make_learning_rate(resolve_config("study"), steps_per_epoch) == 1e-3
+
+    def lr(schedule, step):
+        return float(schedule(step))
+
+    # cosine: linear warm-up 0 -> 0.1 over 20 steps, then cosine down to 0 at step 100
+    assert [lr(cosine, step) for step in (0, 10, 20)] == pytest.approx([0.0, 0.05, 0.1])
+    assert lr(cosine, 60) == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 40 / 80)))
+    assert lr(cosine, 100) == pytest.approx(0.0, abs=1e-9)
+    # onecycle: from 0.1 / 25 up to 0.1, then down to 0.1 / 25e4
+    assert [lr(onecycle, step) for step in (0, 20, 100)] == pytest.approx([0.004, 0.1, 0.1 / 25e4])
+    # Serialisable, so best.keras reloads with its optimizer.
+    restored = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(cosine))
+    assert lr(restored, 60) == lr(cosine, 60)
+
+
+# ----------------------------------------------------------------------------- train_model
+
+CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+MODEL = "our_small"
+INPUT_SHAPE = (32, 32, 3)
+# Two epochs of 8 steps: the cosine schedule warms up over the first half epoch and ends at 0;
+# dropout and stochastic depth are on, so resume must restore their random states too.
+CONFIG = resolve_config("default", epochs=2, batch_size=32, warmup_epochs=0.5, seed=0)
+TRAIN_PER_CLASS, VAL_PER_CLASS = 25, 6
+
+
+@functools.lru_cache(maxsize=None)
+def cifar10_images(split: str, per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first `per_class` images of each class of a split, as (uint8 images, labels)."""
+    images, labels = [], []
+    counts = dict.fromkeys(CLASS_NAMES, 0)
+    with tarfile.open(CIFAR10_JPEG, "r:gz") as tar:
+        for member in tar:
+            parts = member.name.split("/")
+            if len(parts) != 3 or parts[0] != split or not member.isfile() or counts[parts[1]] >= per_class:
+                continue
+            counts[parts[1]] += 1
+            images.append(np.asarray(Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB")))
+            labels.append(CLASS_NAMES.index(parts[1]))
+            if min(counts.values()) >= per_class:
+                break
+    return np.stack(images), np.array(labels)
+
+
+def make_datasets(seed: int = 0) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """Fresh train/val datasets like lightcnn.data's: a seeded shuffle with a new order each
+    pass and random flips keyed by a per-batch random stream, also new on each pass."""
+    def as_inputs(images, labels):
+        return images.astype(np.float32) / 255.0, np.eye(len(CLASS_NAMES), dtype=np.float32)[labels]
+
+    train_images, train_labels = as_inputs(*cifar10_images("train", TRAIN_PER_CLASS))
+    val_images, val_labels = as_inputs(*cifar10_images("test", VAL_PER_CLASS))
+
+    def flip_some(batch, key):
+        images, labels = batch
+        draws = tf.random.stateless_uniform([tf.shape(images)[0]], seed=tf.stack([tf.constant(seed, tf.int64), key]))
+        flips = draws < 0.5
+        return tf.where(flips[:, None, None, None], tf.reverse(images, axis=[2]), images), labels
+
+    train = tf.data.Dataset.from_tensor_slices((train_images, train_labels)).shuffle(
+        len(train_labels), seed=seed, reshuffle_each_iteration=True).batch(CONFIG.batch_size)
+    keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    train = tf.data.Dataset.zip(train, keys).map(flip_some)
+    val = tf.data.Dataset.from_tensor_slices((val_images, val_labels)).batch(CONFIG.batch_size)
+    return train, val
+
+
+class EpochLog(keras.callbacks.Callback):
+    """Records the epochs a run trains, the logs its callbacks receive and the weights."""
+
+    def __init__(self):
+        super().__init__()
+        self.epochs: list[int] = []
+        self.logs: list[dict] = []
+        self.weights: list[list[np.ndarray]] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs.append(epoch)
+        self.logs.append(dict(logs))
+        self.weights.append(self.model.get_weights())
+
+
+def run(out_dir: Path, config=CONFIG, callbacks=()) -> dict:
+    """What a pipeline stage does: seed, build the datasets, train."""
+    seed_everything(config)
+    train, val = make_datasets(config.seed)
+    return train_model(MODEL, len(CLASS_NAMES), INPUT_SHAPE, train, val, config, out_dir, callbacks=callbacks,
+                       verbose=0)
+
+
+def read_history(out_dir: Path) -> list[dict]:
+    with open(out_dir / "history.csv", newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def without_timing(rows: list[dict]) -> list[dict]:
+    return [{key: value for key, value in row.items() if key != "epoch_seconds"} for row in rows]
+
+
+def checkpoint_arrays(out_dir: Path) -> dict[str, np.ndarray]:
+    """Every array of the checkpoint's weights file: model weights and optimizer state."""
+    (weights_file,) = (out_dir / "checkpoint").glob("*.weights.h5")
+    arrays = {}
+
+    def keep(name, item):
+        if isinstance(item, h5py.Dataset):
+            arrays[name] = item[()]
+
+    with h5py.File(weights_file, "r") as file:
+        file.visititems(keep)
+    return arrays
+
+
+def assert_same_arrays(first: dict[str, np.ndarray], second: dict[str, np.ndarray]) -> None:
+    assert first.keys() == second.keys()
+    different = [name for name in first if not np.array_equal(first[name], second[name])]
+    assert not different, f"{len(different)} of {len(first)} arrays differ, e.g. {different[:3]}"
+
+
+CHILD_SCRIPT = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import keras
+from tests.test_training import run
+
+class KillAfterFirstEpoch(keras.callbacks.Callback):
+    # The caller's callbacks run after train_model has checkpointed the epoch.
+    def on_epoch_end(self, epoch, logs=None):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+run({out_dir!r}, callbacks=[KillAfterFirstEpoch()])
+"""
+
+
+@pytest.fixture(scope="module")
+def child_killed_after_epoch_1(tmp_path_factory, shared_data):
+    """A training process that SIGKILLs itself right after its first epoch, started early
+    so that it runs beside the in-process training: (process, its out_dir)."""
+    out_dir = tmp_path_factory.mktemp("killed")
+    script = out_dir.parent / "train_then_die.py"
+    script.write_text(CHILD_SCRIPT.format(root=str(PROJECT_ROOT), out_dir=str(out_dir)))
+    log = out_dir.parent / "train_then_die.log"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    with open(log, "w") as log_file:
+        process = subprocess.Popen([sys.executable, str(script)], cwd=PROJECT_ROOT, env=env,
+                                   stdout=log_file, stderr=subprocess.STDOUT)
+    yield process, out_dir, log
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, child_killed_after_epoch_1):
+    out_dir = tmp_path_factory.mktemp("uninterrupted")
+    epoch_log = EpochLog()
+    summary = run(out_dir, callbacks=[epoch_log])
+    return out_dir, summary, epoch_log
+
+
+@pytest.fixture(scope="module")
+def killed_after_epoch_1(child_killed_after_epoch_1):
+    process, out_dir, log = child_killed_after_epoch_1
+    process.wait(timeout=600)
+    assert process.returncode == -signal.SIGKILL, log.read_text()[-3000:]
+    return out_dir
+
+
+def test_train_model_writes_best_model_history_and_checkpoint(uninterrupted):
+    out_dir, summary, epoch_log = uninterrupted
+    assert {"best.keras", "history.csv", "checkpoint"} <= {path.name for path in out_dir.iterdir()}
+    assert (out_dir / "checkpoint" / "state.json").exists()
+    assert not list(out_dir.rglob(".*")), "temporary files left behind"
+    assert sorted(path.name for path in (out_dir / "checkpoint").iterdir()) == [
+        f"best-epoch-{summary['best_epoch']:04d}.keras", "epoch-0002.weights.h5", "state.json"]
+
+    history = read_history(out_dir)
+    assert list(history[0]) == list(HISTORY_COLUMNS)
+    assert [int(row["epoch"]) for row in history] == [1, 2]
+    val_accuracy = [float(row["val_accuracy"]) for row in history]
+    assert summary["best_epoch"] == 1 + int(np.argmax(val_accuracy))
+    assert summary["best_val_accuracy"] == pytest.approx(max(val_accuracy))
+    assert (summary["epochs_run"], summary["resumed_from_epoch"]) == (2, 0)
+    assert summary["params"] == 923_137 and summary["images_per_second"] > 0
+    assert summary["train_seconds"] == pytest.approx(sum(float(row["epoch_seconds"]) for row in history))
+
+    # lr after epoch 1 (step 8 of 16; warm-up 4 steps, then 12 of cosine) and at the end (0).
+    lr = [float(row["lr"]) for row in history]
+    assert lr[0] == pytest.approx(CONFIG.learning_rate * 0.5 * (1 + math.cos(math.pi * 4 / 12)))
+    assert lr[1] == pytest.approx(0.0, abs=1e-9)
+    # The caller's callbacks got the same epochs, with lr in the logs.
+    assert epoch_log.epochs == [0, 1]
+    assert [logs["lr"] for logs in epoch_log.logs] == pytest.approx(lr)
+
+    # best.keras is the best epoch's model (and not the other epoch's).
+    best_weights = keras.models.load_model(out_dir / "best.keras").get_weights()
+    for epoch, weights in enumerate(epoch_log.weights, start=1):
+        same = all(np.array_equal(a, b) for a, b in zip(best_weights, weights))
+        assert same == (epoch == summary["best_epoch"]), epoch
+
+
+def test_same_seed_and_data_give_identical_runs(uninterrupted, tmp_path, capsys):
+    """The second run goes into a copy of the first one's out_dir: a finished run's
+    checkpoint is not resumed, training starts again and ends identically."""
+    first_dir, first_summary, _ = uninterrupted
+    second_dir = tmp_path / "run"
+    shutil.copytree(first_dir, second_dir)
+    assert checkpoint_epoch(second_dir, CONFIG) == 0  # finished: nothing to resume
+    second_summary = run(second_dir)
+    assert "is from a finished run: training again from scratch" in capsys.readouterr().out
+    assert second_summary["resumed_from_epoch"] == 0
+    assert without_timing(read_history(second_dir)) == without_timing(read_history(first_dir))
+    assert_same_arrays(checkpoint_arrays(second_dir), checkpoint_arrays(first_dir))
+    assert second_summary["best_val_accuracy"] == first_summary["best_val_accuracy"]
+
+
+def test_killed_run_resumes_from_its_last_epoch_and_ends_as_an_uninterrupted_run(
+        uninterrupted, killed_after_epoch_1, tmp_path):
+    out_dir = tmp_path / "run"
+    shutil.copytree(killed_after_epoch_1, out_dir)
+    history_before = read_history(out_dir)
+    assert [int(row["epoch"]) for row in history_before] == [1]
+    assert checkpoint_epoch(out_dir, CONFIG) == 1
+    assert checkpoint_epoch(out_dir, dataclasses.replace(CONFIG, seed=1)) == 0
+    # DVC deletes a stage's outputs before running it again: resume must bring them back.
+    (out_dir / "best.keras").unlink()
+    (out_dir / "history.csv").unlink()
+
+    epoch_log = EpochLog()
+    summary = run(out_dir, callbacks=[epoch_log])
+    assert summary["resumed_from_epoch"] == 1 and summary["epochs_run"] == 2
+    assert epoch_log.epochs == [1]  # only the second epoch was trained
+    history = read_history(out_dir)
+    assert [int(row["epoch"]) for row in history] == [1, 2]
+    assert history[0] == history_before[0]  # epoch 1 kept as it was, timing included
+    assert (out_dir / "best.keras").exists()
+
+    # Same weights, optimizer state and history as the run that was never interrupted.
+    uninterrupted_dir, uninterrupted_summary, _ = uninterrupted
+    assert without_timing(history) == without_timing(read_history(uninterrupted_dir))
+    assert_same_arrays(checkpoint_arrays(out_dir), checkpoint_arrays(uninterrupted_dir))
+    assert summary["best_epoch"] == uninterrupted_summary["best_epoch"]
+
+
+def test_checkpoint_of_other_settings_is_not_resumed(killed_after_epoch_1, tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    shutil.copytree(killed_after_epoch_1, out_dir)
+    changed = resolve_config("default", epochs=1, batch_size=32, warmup_epochs=0.5, seed=1)
+    summary = run(out_dir, changed)
+
+    assert "is from other settings (epochs: 2 -> 1; seed: 0 -> 1): training from scratch" in capsys.readouterr().out
+    assert summary["resumed_from_epoch"] == 0 and summary["epochs_run"] == 1
+    assert [int(row["epoch"]) for row in read_history(out_dir)] == [1]
