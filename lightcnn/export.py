@@ -88,12 +88,21 @@ def convert(model, variant: str, representative_images: np.ndarray | None = None
     `representative_images` (N, H, W, 3) float32 in [0, 1], drawn from the training split, is
     required for "int8" and ignored otherwise. All N images are used for calibration.
     """
-    import tensorflow as tf  # imported here: the rest of the module runs without TensorFlow
+    return convert_variants(model, (variant,), representative_images)[variant]
 
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown TFLite variant {variant!r}; choose one of {VARIANTS}")
+
+def convert_variants(model, variants=VARIANTS, representative_images: np.ndarray | None = None) -> dict[str, bytes]:
+    """Convert a Keras model to several TFLite variants, exporting the SavedModel only once.
+
+    Returns {variant: flatbuffer bytes}; see convert() for the arguments.
+    """
+    import tensorflow as tf  # imported here: running .tflite files needs no TensorFlow
+
+    unknown = [variant for variant in variants if variant not in VARIANTS]
+    if unknown or not variants:
+        raise ValueError(f"unknown TFLite variants {unknown or variants!r}; choose from {VARIANTS}")
     image_shape = _model_image_shape(model)
-    if variant == "int8":
+    if "int8" in variants:
         if representative_images is None:
             raise ValueError("int8 conversion needs representative_images: a (N, H, W, 3) float32 array "
                              "of training images in [0, 1] to calibrate the quantisation ranges")
@@ -102,28 +111,29 @@ def convert(model, variant: str, representative_images: np.ndarray | None = None
             raise ValueError(f"int8 calibration needs at least {MIN_REPRESENTATIVE_IMAGES} representative "
                              f"images, got {len(representative_images)}")
 
+    def representative_dataset():
+        for image in representative_images:
+            yield [image[np.newaxis]]
+
+    converted = {}
     with tempfile.TemporaryDirectory(prefix="lightcnn-export-") as tmp_dir:
         saved_model_dir = os.path.join(tmp_dir, "saved_model")
         signature = [tf.TensorSpec((1, *image_shape), tf.float32, name="images")]
         model.export(saved_model_dir, format="tf_saved_model", input_signature=signature, verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
-        if variant == "float16":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            converter.target_spec.supported_types = [tf.float16]
-        elif variant == "int8":
-            calibration = representative_images
-
-            def representative_dataset():
-                for image in calibration:
-                    yield [image[np.newaxis]]
-
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            converter.representative_dataset = representative_dataset
-            # Integer-only kernels: conversion fails rather than silently falling back to float ops.
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            converter.inference_input_type = tf.uint8
-            converter.inference_output_type = tf.uint8
-        return converter.convert()
+        for variant in variants:
+            converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
+            if variant == "float16":
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]
+                converter.target_spec.supported_types = [tf.float16]
+            elif variant == "int8":
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]
+                converter.representative_dataset = representative_dataset
+                # Integer-only kernels: conversion fails rather than silently keeping float ops.
+                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+                converter.inference_input_type = tf.uint8
+                converter.inference_output_type = tf.uint8
+            converted[variant] = converter.convert()
+    return converted
 
 
 class TFLiteModel:

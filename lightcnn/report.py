@@ -67,6 +67,10 @@ def _normalise(metrics: dict) -> dict:
     return {**metrics, "latency": latency}
 
 
+# The number of classes of each of the study's dataset runs.
+STUDY_NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "bird100": 100, "bird325": 325}
+
+
 def _study_figures(model: str, study_key: str | None, num_classes: int) -> dict:
     """The study's published figures for this model and dataset (None where it has none)."""
     if study_key is None or model not in STUDY_MODELS:
@@ -108,8 +112,12 @@ def build_comparison_data(model_metrics: list[dict]) -> dict:
         rows.append(metrics)
 
     datasets = []
-    for (dataset, num_classes), rows in sorted(runs.items()):
+    dataset_order = list(DATASET_TITLES)
+    for (dataset, num_classes), rows in sorted(runs.items(), key=lambda item: (
+            dataset_order.index(item[0][0]) if item[0][0] in dataset_order else len(dataset_order), item[0])):
         study_key = study_dataset_key(dataset, num_classes)
+        if STUDY_NUM_CLASSES.get(study_key) != num_classes:  # e.g. a 3-class CIFAR-10 subset
+            study_key = None
         threads = sorted({int(t) for row in rows for by_threads in row["latency"].values() for t in by_threads})
         datasets.append({
             "dataset": dataset,
