@@ -13,7 +13,7 @@ from lightcnn.export import TFLiteModel
 
 
 def cpu_info() -> dict:
-    """{"model": CPU model name, "logical_cores": count} of this machine."""
+    """{"model_name": the CPU's model name, "logical_cores": count} of this machine."""
     model_name = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -22,7 +22,7 @@ def cpu_info() -> dict:
                 break
     except OSError:  # not Linux
         pass
-    return {"model": model_name or platform.processor() or platform.machine() or "unknown",
+    return {"model_name": model_name or platform.processor() or platform.machine() or "unknown",
             "logical_cores": os.cpu_count() or 0}
 
 
@@ -62,7 +62,7 @@ def latency(tflite_model: str | os.PathLike | bytes, threads: int, warmup: int =
         "xnnpack": model.xnnpack_applied,
         "input_dtype": model.input_dtype.name,
         "litert_version": importlib.metadata.version("ai-edge-litert"),
-        "cpu": cpu["model"],
+        "cpu": cpu["model_name"],
         "logical_cores": cpu["logical_cores"],
     }
 

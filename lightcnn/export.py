@@ -1,5 +1,8 @@
 """Export Keras models to TFLite (float32, float16, int8) and run them in LiteRT.
 
+`convert_variants` makes several variants from one export (as the pipeline's export stage
+needs); `convert` makes one.
+
 Conversion route (Keras 3 + TF 2.21): the model is exported as a TF SavedModel with a fixed
 batch-1 input signature (`model.export(..., format="tf_saved_model")`) and converted with
 `tf.lite.TFLiteConverter.from_saved_model`. A fixed batch of 1 is what single-image latency
@@ -17,9 +20,12 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from lightcnn import io
 
 VARIANTS = ("float32", "float16", "int8")
 
@@ -27,34 +33,13 @@ VARIANTS = ("float32", "float16", "int8")
 MIN_REPRESENTATIVE_IMAGES = 10
 
 
-def write_file_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write `data` to `path` through a temporary file in the same folder, then rename it.
-
-    Readers never see a half-written file, and a crash leaves the old file in place.
-    Parent folders are created. Returns the path.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as tmp:
-            tmp.write(payload)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_tflite(path: str | os.PathLike, tflite_bytes: bytes) -> Path:
     """Write a converted model to a .tflite file atomically; returns the path."""
     if not tflite_bytes[4:8] == b"TFL3":
         raise ValueError(f"refusing to write {path}: the data is not a TFLite flatbuffer "
                          "(no 'TFL3' identifier); pass the bytes returned by convert()")
-    return write_file_atomic(path, tflite_bytes)
+    io.write_bytes(path, tflite_bytes)
+    return Path(path)
 
 
 def _model_image_shape(model) -> tuple[int, int, int]:
@@ -91,7 +76,8 @@ def convert(model, variant: str, representative_images: np.ndarray | None = None
     return convert_variants(model, (variant,), representative_images)[variant]
 
 
-def convert_variants(model, variants=VARIANTS, representative_images: np.ndarray | None = None) -> dict[str, bytes]:
+def convert_variants(model, variants: Sequence[str] = VARIANTS,
+                     representative_images: np.ndarray | None = None) -> dict[str, bytes]:
     """Convert a Keras model to several TFLite variants, exporting the SavedModel only once.
 
     Returns {variant: flatbuffer bytes}; see convert() for the arguments.

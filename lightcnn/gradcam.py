@@ -7,14 +7,13 @@ the input size and scale to [0, 1].
 """
 from __future__ import annotations
 
-import io
 import math
 import os
 from pathlib import Path
 
 import numpy as np
 
-from lightcnn.export import write_file_atomic
+from lightcnn import io
 
 DEFAULT_LAYER = "top_conv_act"
 LOGITS_LAYER = "logits"
@@ -141,6 +140,6 @@ def save_gradcam_grid(model, images: np.ndarray, class_names: list[str], path: s
         overlay_ax.imshow(overlay(image, heatmap))
         overlay_ax.set_title("Grad-CAM", fontsize=7)
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120)
-    return write_file_atomic(path, buffer.getvalue())
+    with io.atomic_path(path, suffix=".png") as tmp:
+        figure.savefig(tmp, format="png", dpi=120)
+    return Path(path)

@@ -6,12 +6,11 @@ comparison.json (the same data) and accuracy_vs_latency.png.
 """
 from __future__ import annotations
 
-import io
-import json
 import os
 from pathlib import Path
 
-from lightcnn.export import VARIANTS, write_file_atomic
+from lightcnn import io
+from lightcnn.export import VARIANTS
 from lightcnn.study import (PUBLISHED_ACCURACY, PUBLISHED_PARAMS, PUBLISHED_PHONE_LATENCY_MS,
                             STUDY_MODELS, study_dataset_key)
 
@@ -32,12 +31,15 @@ test.top1 are required, anything else missing shows as "-":
   "latency": {                               # per variant, per thread count (as a string):
     "float32": {"1": <lightcnn.benchmark.latency(...) result>, "2": {...}},
     "int8": {...}},
-  "cpu": "AMD EPYC 7B13"                     # optional; else taken from the latency results
+  "cpu": "AMD EPYC 7B13",                    # optional; else taken from the latency results
+  "gradcam": "models/our_small/gradcam.png"  # optional: Grad-CAM grid, relative to the report
 }"""
 
 MD_FILE, JSON_FILE, PLOT_FILE = "comparison.md", "comparison.json", "accuracy_vs_latency.png"
 STUDY_DEVICE = "Qualcomm Snapdragon 865 phone (float32 TFLite, measuring method unpublished)"
-DATASET_TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "birds": "Birds"}
+DATASET_TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "birds": "Birds"}  # also the table order
+# The number of classes of each of the study's dataset runs.
+STUDY_NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "bird100": 100, "bird325": 325}
 MISSING = "-"
 
 
@@ -67,9 +69,6 @@ def _normalise(metrics: dict) -> dict:
     return {**metrics, "latency": latency}
 
 
-# The number of classes of each of the study's dataset runs.
-STUDY_NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "bird100": 100, "bird325": 325}
-
 
 def _study_figures(model: str, study_key: str | None, num_classes: int) -> dict:
     """The study's published figures for this model and dataset (None where it has none)."""
@@ -94,6 +93,12 @@ def _model_order(name: str) -> tuple[int, str]:
     return (STUDY_MODELS.index(name) if name in STUDY_MODELS else len(STUDY_MODELS), name)
 
 
+def _run_order(run_key: tuple[str, int]) -> tuple[int, str, int]:
+    dataset, num_classes = run_key
+    known = list(DATASET_TITLES)
+    return (known.index(dataset) if dataset in known else len(known), dataset, num_classes)
+
+
 def build_comparison_data(model_metrics: list[dict]) -> dict:
     """Group model metrics by dataset run and put the study's figures beside them.
 
@@ -112,9 +117,8 @@ def build_comparison_data(model_metrics: list[dict]) -> dict:
         rows.append(metrics)
 
     datasets = []
-    dataset_order = list(DATASET_TITLES)
-    for (dataset, num_classes), rows in sorted(runs.items(), key=lambda item: (
-            dataset_order.index(item[0][0]) if item[0][0] in dataset_order else len(dataset_order), item[0])):
+    for dataset, num_classes in sorted(runs, key=_run_order):
+        rows = runs[(dataset, num_classes)]
         study_key = study_dataset_key(dataset, num_classes)
         if STUDY_NUM_CLASSES.get(study_key) != num_classes:  # e.g. a 3-class CIFAR-10 subset
             study_key = None
@@ -200,6 +204,10 @@ def _dataset_section(run: dict) -> list[str]:
             _duration(ours.get("train_seconds")) + ("" if epochs is None else f" ({epochs})"),
         ])
     lines += _table(header, rows)
+    gradcam_links = [f"[`{row['model']}`]({row['ours']['gradcam']})"
+                     for row in run["rows"] if row["ours"].get("gradcam")]
+    if gradcam_links:
+        lines += ["", "Grad-CAM heat maps (last 1x1 conv row): " + ", ".join(gradcam_links) + "."]
 
     detail_rows = [[f"`{row['model']}`", variant, threads, f"{result['median_ms']:.2f}",
                     f"{result['p90_ms']:.2f}", str(result.get("runs", MISSING)),
@@ -277,9 +285,9 @@ def plot_accuracy_vs_latency(comparison: dict, path: str | os.PathLike) -> Path:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120)
-    return write_file_atomic(path, buffer.getvalue())
+    with io.atomic_path(path, suffix=".png") as tmp:
+        figure.savefig(tmp, format="png", dpi=120)
+    return Path(path)
 
 
 def build_comparison(model_metrics: list[dict], out_dir: str | os.PathLike) -> dict:
@@ -287,7 +295,7 @@ def build_comparison(model_metrics: list[dict], out_dir: str | os.PathLike) -> d
     (atomically); returns the comparison data (what comparison.json holds)."""
     comparison = build_comparison_data(model_metrics)
     out_dir = Path(out_dir)
-    write_file_atomic(out_dir / JSON_FILE, json.dumps(comparison, indent=2, sort_keys=True) + "\n")
-    write_file_atomic(out_dir / MD_FILE, render_markdown(comparison))
+    io.write_json(out_dir / JSON_FILE, comparison)
+    io.write_text(out_dir / MD_FILE, render_markdown(comparison))
     plot_accuracy_vs_latency(comparison, out_dir / PLOT_FILE)
     return comparison

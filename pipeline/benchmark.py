@@ -5,8 +5,8 @@
 from __future__ import annotations
 
 from lightcnn import io
+from lightcnn.export import VARIANTS
 from pipeline import stage, tracking
-from pipeline.export import VARIANTS
 from pipeline.params import check_model, load_params
 from pipeline.paths import ModelPaths
 

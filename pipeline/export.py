@@ -11,9 +11,6 @@ from pipeline import stage, tracking
 from pipeline.params import check_model, load_params
 from pipeline.paths import PROCESSED_DIR, ModelPaths
 
-VARIANTS = ("float32", "float16", "int8")
-
-
 def take(dataset, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
     """The first `limit` images (and integer labels) of a non-shuffled split."""
     if limit is not None:
@@ -28,7 +25,7 @@ def main(model_name: str = "") -> None:
     import keras
 
     from lightcnn.data import make_dataset
-    from lightcnn.export import TFLiteModel, convert, evaluate_tflite
+    from lightcnn.export import VARIANTS, TFLiteModel, convert_variants, evaluate_tflite
 
     paths = ModelPaths(model_name)
     settings = params["export"]
@@ -39,8 +36,7 @@ def main(model_name: str = "") -> None:
 
     results = {"keras_top1": float(np.mean(keras_probs.argmax(axis=1) == test_labels)),
                "eval_images": int(len(test_labels))}
-    for variant in VARIANTS:
-        tflite_bytes = convert(model, variant, representative_images=calibration if variant == "int8" else None)
+    for variant, tflite_bytes in convert_variants(model, VARIANTS, calibration).items():
         io.write_bytes(paths.tflite(variant), tflite_bytes)
         measured = evaluate_tflite(TFLiteModel(tflite_bytes), test_images, test_labels, reference_probs=keras_probs)
         results[variant] = {"size_bytes": len(tflite_bytes), **measured}

@@ -1,0 +1,152 @@
+"""TFLite export: each variant, run for real in LiteRT, against the Keras model."""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from keras import layers
+
+from lightcnn.export import TFLiteModel, convert, convert_variants, evaluate_tflite, write_tflite
+from lightcnn.models import MODEL_NAMES, build_model
+from tests.conftest import CIFAR10_JPEG
+from tests.helpers_real_data import load_cifar10_sample
+
+
+def _set_batchnorm_statistics(model: keras.Model, images: np.ndarray) -> None:
+    """Set every BatchNorm's moving statistics to those of `images` under the current weights.
+
+    A freshly built model starts with statistics (0, 1) that do not match its activations,
+    which then shrink layer after layer until every output is exactly 0.1: a comparison with
+    TFLite would pass whatever the converter did. A briefly trained model has statistics
+    that lag behind its last weights, unlike a converged one.
+    """
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = 0.0
+    model(images, training=True)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_float32_tflite_matches_keras(name):
+    keras.utils.set_random_seed(0)
+    images = np.random.default_rng(0).random((6, 32, 32, 3), dtype=np.float32)
+    model = build_model(name, num_classes=10, input_shape=(32, 32, 3))
+    _set_batchnorm_statistics(model, images)
+    expected = keras.ops.convert_to_numpy(model(images, training=False))
+    assert expected.std(axis=0).max() > 1e-3, "the outputs should differ between images"
+
+    tflite = TFLiteModel(convert(model, "float32"))
+    actual = tflite.predict(images)
+
+    assert tflite.image_shape == (32, 32, 3) and tflite.num_classes == 10
+    assert tflite.input_dtype == np.float32 and tflite.xnnpack_applied
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def trained_small_model(shared_data):
+    """our_small trained briefly on 2,000 real CIFAR-10 images, exported in every variant."""
+    train_images, train_labels = load_cifar10_sample(CIFAR10_JPEG, "train", per_class=200)
+    test_images, test_labels = load_cifar10_sample(CIFAR10_JPEG, "test", per_class=30)
+    keras.utils.set_random_seed(1)
+    model = build_model("our_small", num_classes=10, stochastic_depth=False)
+    model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy")
+    model.fit(train_images, train_labels, batch_size=32, epochs=3, verbose=0)
+    _set_batchnorm_statistics(model, train_images[:1000])
+    variants = convert_variants(model, representative_images=train_images[:100])
+    return {
+        "variants": variants,
+        "test_images": test_images,
+        "test_labels": test_labels,
+        "keras_probs": keras.ops.convert_to_numpy(model(test_images, training=False)),
+    }
+
+
+def test_trained_float32_agrees_exactly_with_keras(trained_small_model):
+    result = evaluate_tflite(TFLiteModel(trained_small_model["variants"]["float32"]),
+                             trained_small_model["test_images"], trained_small_model["test_labels"],
+                             reference_probs=trained_small_model["keras_probs"])
+    keras_top1 = np.mean(trained_small_model["keras_probs"].argmax(1) == trained_small_model["test_labels"])
+
+    assert result["num_images"] == 300
+    assert result["agreement"] == 1.0 and result["max_abs_diff"] < 1e-4
+    assert result["top1"] == pytest.approx(keras_top1)
+    assert keras_top1 > 0.15, "the briefly trained model should beat chance (0.10)"
+
+
+def test_float16_tflite_is_within_1e_2_of_keras_and_half_the_size(trained_small_model):
+    variants = trained_small_model["variants"]
+    tflite = TFLiteModel(variants["float16"])
+    probabilities = tflite.predict(trained_small_model["test_images"])
+
+    assert tflite.input_dtype == np.float32 and tflite.output_dtype == np.float32
+    np.testing.assert_allclose(probabilities, trained_small_model["keras_probs"], rtol=0, atol=1e-2)
+    assert len(variants["float16"]) < 0.6 * len(variants["float32"])
+
+
+def test_int8_tflite_agrees_with_keras_on_at_least_90_percent(trained_small_model):
+    variants = trained_small_model["variants"]
+    tflite = TFLiteModel(variants["int8"])
+    result = evaluate_tflite(tflite, trained_small_model["test_images"], trained_small_model["test_labels"],
+                             reference_probs=trained_small_model["keras_probs"])
+
+    assert tflite.input_dtype == np.uint8 and tflite.output_dtype == np.uint8
+    assert result["agreement"] >= 0.90, result
+    assert len(variants["int8"]) < 0.35 * len(variants["float32"])
+
+
+def test_written_tflite_file_runs_the_same(trained_small_model, tmp_path):
+    data = trained_small_model["variants"]["int8"]
+    path = write_tflite(tmp_path / "models" / "our_small_int8.tflite", data)
+
+    assert path.read_bytes() == data
+    assert [p.name for p in path.parent.iterdir()] == ["our_small_int8.tflite"]  # no temporary file left
+    images = trained_small_model["test_images"][:5]
+    from_file = TFLiteModel(path, num_threads=2).predict(images)
+    np.testing.assert_array_equal(from_file, TFLiteModel(data).predict(images))
+    with pytest.raises(ValueError, match="not a TFLite flatbuffer"):
+        write_tflite(tmp_path / "bad.tflite", b"definitely not a model")
+
+
+def _tiny_model() -> keras.Model:
+    inputs = keras.Input((8, 8, 3))
+    x = layers.GlobalAveragePooling2D()(layers.Conv2D(4, 3)(inputs))
+    return keras.Model(inputs, layers.Dense(3, activation="softmax")(x))
+
+
+def test_int8_outputs_are_dequantised_with_scale_and_zero_point():
+    """A linear output spans negative and positive values, so its uint8 zero point is not 0."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = layers.GlobalAveragePooling2D()(layers.Conv2D(4, 3, activation="relu")(inputs))
+    model = keras.Model(inputs, layers.Dense(3)(x))
+    images = np.random.default_rng(0).random((40, 8, 8, 3), dtype=np.float32)
+    tflite = TFLiteModel(convert(model, "int8", images))
+    scale, zero_point = tflite.interpreter.get_output_details()[0]["quantization"]
+    expected = keras.ops.convert_to_numpy(model(images))
+
+    assert expected.min() < 0 < expected.max() and zero_point not in (0, 255)
+    np.testing.assert_allclose(tflite.predict(images), expected, rtol=0, atol=3 * scale)
+
+
+@pytest.mark.parametrize("variant, representative, message", [
+    ("int4", None, "unknown TFLite variant"),
+    ("int8", None, "needs representative_images"),
+    ("int8", np.zeros((20, 16, 16, 3), np.float32), r"shape \(N, 8, 8, 3\)"),
+    ("int8", np.zeros((20, 8, 8, 3), np.uint8), "divide by 255"),
+    ("int8", np.full((20, 8, 8, 3), 255.0, np.float32), r"in \[0, 1\]"),
+    ("int8", np.zeros((3, 8, 8, 3), np.float32), "at least 10"),
+])
+def test_convert_rejects_bad_requests_with_clear_errors(variant, representative, message):
+    with pytest.raises(ValueError, match=message):
+        convert(_tiny_model(), variant, representative)
+
+
+def test_tflite_model_rejects_bad_inputs(tmp_path):
+    tflite = TFLiteModel(convert(_tiny_model(), "float32"))
+    with pytest.raises(ValueError, match=r"shape \(N, 8, 8, 3\)"):
+        tflite.predict(np.zeros((2, 9, 9, 3), np.float32))
+    with pytest.raises(FileNotFoundError, match="missing.tflite"):
+        TFLiteModel(tmp_path / "missing.tflite")
+    with pytest.raises(ValueError, match="num_threads"):
+        TFLiteModel(convert(_tiny_model(), "float32"), num_threads=0)
