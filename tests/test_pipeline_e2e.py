@@ -23,11 +23,15 @@ import yaml
 from tests.conftest import CIFAR10_JPEG, PROJECT_ROOT
 
 MODELS = ["mobilenetv3_large", "mobilenetv3_small", "our_large", "our_small"]
-QUICK = [
-    f"data.source={CIFAR10_JPEG}", "data.max_per_class=30", "train.epochs=1", "train.batch_size=32",
-    "export.representative_images=32", "export.eval_images=100", "benchmark.threads=[1]",
-    "benchmark.warmup=5", "report.gradcam_images=4",
-]
+# Quick settings, written into the copy's conf/config.yaml (not passed as overrides) so that
+# `dvc exp run -S ...`, which composes params.yaml from conf/ again, keeps them.
+QUICK = {
+    "data": {"source": str(CIFAR10_JPEG), "max_per_class": 30},
+    "train": {"epochs": 1, "warmup_epochs": 0, "batch_size": 32},
+    "export": {"representative_images": 32, "eval_images": 100},
+    "benchmark": {"threads": [1], "warmup": 5},
+    "report": {"gradcam_images": 4},
+}
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +59,11 @@ def project(tmp_path_factory, shared_data) -> tuple[Path, dict]:
                GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@localhost",
                GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@localhost",
                PYTHONPATH=str(root))
-    run([sys.executable, "-m", "pipeline.compose", *QUICK], root, env)
+    conf = yaml.safe_load((root / "conf" / "config.yaml").read_text())
+    for section, values in QUICK.items():
+        conf[section].update(values)
+    (root / "conf" / "config.yaml").write_text(yaml.safe_dump(conf, sort_keys=False))
+    run([sys.executable, "-m", "pipeline.compose"], root, env)
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
         run(cmd, root, env)
     run(["dvc", "repro"], root, env, timeout=1500)
