@@ -120,6 +120,7 @@ def _check_training(params: dict, errors: list[str]) -> None:
     from lightcnn.training import TrainConfig, resolve_config
 
     TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+    errors_before = len(errors)
 
     train = params.get("train")
     if not isinstance(train, dict):
@@ -145,7 +146,7 @@ def _check_training(params: dict, errors: list[str]) -> None:
     for name in MODEL_NAMES:
         if name not in per_model:
             errors.append(f"per_model.{name}: missing (use {{attention: se}} for the study's settings)")
-    if errors:
+    if len(errors) > errors_before:  # the values below can only be checked on a sound structure
         return
     for name in MODEL_NAMES:
         try:
