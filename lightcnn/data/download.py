@@ -15,7 +15,9 @@ import tarfile
 import tempfile
 import time
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import requests
 from tqdm import tqdm
@@ -279,6 +281,18 @@ def temp_dir_beside(final: Path) -> Path:
     """A new hidden temporary directory next to `final` (same filesystem, so renaming is atomic)."""
     final.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+
+
+@contextmanager
+def staged_dir(final: Path) -> Iterator[Path]:
+    """A temporary directory that replaces `final` when the block succeeds; removed if it fails."""
+    tmp = temp_dir_beside(final)
+    try:
+        yield tmp
+        replace_dir(tmp, final)
+    except BaseException:
+        remove_tree(tmp)
+        raise
 
 
 def replace_dir(tmp: Path, final: Path) -> None:

@@ -35,8 +35,7 @@ from lightcnn.data.download import (
     file_digest,
     list_archive,
     remove_tree,
-    replace_dir,
-    temp_dir_beside,
+    staged_dir,
 )
 
 DATASETS = ("cifar10", "cifar100", "birds", "folder")
@@ -122,8 +121,7 @@ def fetch_dataset(
             raise DataError(f"md5 applies to an archive, but the source {source_path} is a directory")
 
     info: dict = {"dataset": dataset, "source": None if source is None else str(source), "url": None, "md5": None}
-    tmp = temp_dir_beside(raw_dir)
-    try:
+    with staged_dir(raw_dir) as tmp:
         if dataset in CIFAR_ARCHIVES:
             _fetch_cifar(CIFAR_ARCHIVES[dataset], source_path, url, md5, download_dir, tmp, info,
                          timeout=timeout, retries=retries, progress=progress)
@@ -141,10 +139,6 @@ def fetch_dataset(
                     check_md5(source_path, md5, f"data source {source_path}")
             _lay_out_class_folders(source_path, tmp, info)
         (tmp / FETCH_INFO).write_text(json.dumps(info, indent=2) + "\n")
-        replace_dir(tmp, raw_dir)
-    except BaseException:
-        remove_tree(tmp)
-        raise
     return info
 
 

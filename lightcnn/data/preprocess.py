@@ -38,9 +38,7 @@ from lightcnn.data.download import (
     ArchiveReader,
     DataError,
     file_digest,
-    remove_tree,
-    replace_dir,
-    temp_dir_beside,
+    staged_dir,
 )
 from lightcnn.data.fetch import class_folder_entries, list_class_names, read_fetch_info
 
@@ -133,8 +131,7 @@ def preprocess_dataset(
     }
 
     per_shard = examples_per_shard or max(1, SHARD_PIXEL_BYTES // (height * width * 3))
-    tmp = temp_dir_beside(processed_dir)
-    try:
+    with staged_dir(processed_dir) as tmp:
         written = _write_shards(raw_dir, info, splits, (height, width), class_names, per_shard, tmp, workers,
                                 progress)
         counts = {split: dict(zip(class_names, written[split]["label_counts"])) for split in SPLITS}
@@ -161,10 +158,6 @@ def preprocess_dataset(
             "source": {key: info[key] for key in ("source", "url", "md5", "kaggle") if key in info},
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        replace_dir(tmp, processed_dir)
-    except BaseException:
-        remove_tree(tmp)
-        raise
     return manifest
 
 
