@@ -7,7 +7,8 @@ import keras
 from keras import layers
 
 from lightcnn.models import blocks
-from lightcnn.models.blocks import ATTENTIONS
+from lightcnn.models.blocks import ATTENTIONS, CSPArgs, LayerFactory, MBArgs
+from lightcnn.models.options import ModelOptions, resolve_mode
 from lightcnn.models.specs import MODEL_SPECS, Row
 
 MODEL_NAMES = tuple(MODEL_SPECS)
@@ -86,42 +87,45 @@ def build_model(
     dropout: float = 0.5,
     stochastic_depth: bool = True,
     strides: str = "auto",
+    mode: str | ModelOptions = "corrected",
 ) -> keras.Model:
     """Build one of MODEL_NAMES with a softmax head of `num_classes`.
 
     attention: "se" (as published), "cbam" or "ca" in place of SE where the table has SE,
     or "none" to drop it. l2: L2 penalty on conv, depthwise and dense kernels (0 disables).
     stochastic_depth: False makes the residual adds plain Add layers. strides: "cifar",
-    "birds" or "auto" (CIFAR strides when the input is at most 64x64).
+    "birds" or "auto" (CIFAR strides when the input is at most 64x64). mode: "corrected"
+    (the intended design, the default), "faithful" (the study's models as its code really
+    built them) or a ModelOptions; see lightcnn.models.options. Both modes have the same
+    layers' weights, so the published parameter counts hold in either.
     """
     input_shape = tuple(input_shape)
     _check_arguments(name, num_classes, input_shape, attention, l2, dropout)
+    options = resolve_mode(mode)
     num_classes, input_shape = int(num_classes), tuple(int(size) for size in input_shape)
     stride_set = resolve_strides(strides, input_shape)
     spec = MODEL_SPECS[name]
+    make = LayerFactory(options, float(l2))
 
     inputs = keras.Input(shape=input_shape, name="image")
     x = inputs
     for row, prefix in zip(spec.rows, block_names(spec.rows)):
         stride = row.stride_cifar if stride_set == "cifar" else row.stride_birds
         if row.kind == "conv":
-            x = blocks.conv_row(x, row.filters, row.kernel, stride, row.activation, f"{prefix}_conv", l2)
+            x = blocks.conv_row(x, row.filters, row.kernel, stride, row.activation, f"{prefix}_conv", make)
             continue
         row_attention = attention if row.attention else "none"
         survival = 1.0 - spec.survival_decay * row.stage if stochastic_depth else None
         if row.kind == "mb":
             (expansion,) = row.expansions
-            x = blocks.inverted_residual(
-                x, expansion, row.filters, row.kernel, stride, row.activation, row_attention, survival, prefix, l2,
-            )
+            block = MBArgs(expansion, row.filters, row.kernel, stride, row.activation, row_attention, survival)
+            x = blocks.inverted_residual(x, block, prefix, make)
         else:
-            x = blocks.csp_stage(
-                x, row.expansions, row.filters, row.kernel, stride, row.activation, row_attention, survival,
-                prefix, l2,
-            )
+            stage = CSPArgs(row.expansions, row.filters, row.kernel, stride, row.activation, row_attention, survival)
+            x = blocks.csp_stage(x, stage, prefix, make)
 
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
-    x = blocks.dense(num_classes, "logits", l2)(x)
+    x = make.head_dense(num_classes, "logits")(x)
     outputs = layers.Activation("softmax", name="predictions")(x)
     return keras.Model(inputs, outputs, name=name)
