@@ -2,6 +2,7 @@
 CIFAR-10 JPEGs and bird images in ../shared/data, and the Kaggle credential check."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -17,18 +18,32 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lightcnn.data import DataError, fetch_dataset, find_kaggle_credentials, preprocess_dataset
+from lightcnn.data import (
+    DataError,
+    describe_source,
+    fetch_dataset,
+    find_kaggle_credentials,
+    preprocess_dataset,
+    resolve_source,
+)
+from lightcnn.data.fetch import directory_digest
 from lightcnn.data.pipeline import read_examples
 from tests.conftest import BIRDS_SAMPLE, CIFAR10_JPEG, PROJECT_ROOT
 from tests.data_helpers import (
     RangeServer,
     build_cifar10_archive,
     build_cifar100_archive,
+    build_class_tree,
     extract_real_cifar_subset,
     md5_of,
 )
 
 QUIET = dict(progress=False)
+OFFICIAL_CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _records(processed, split):
@@ -50,8 +65,16 @@ def test_cifar10_official_archive_downloads_and_keeps_its_labels(tmp_path):
     assert info["url"] == url and info["md5"] == md5_of(archive) and info["format"] == "cifar-python"
     assert (tmp_path / "data/downloads/cifar-10-python.tar.gz").read_bytes() == archive.read_bytes()
     assert json.loads((tmp_path / "data/raw/fetch_info.json").read_text()) == info
+    # with no local copy configured, "auto" (the default) downloads; the record says so
+    assert info["source"] == {
+        "kind": "download", "url": url, "sha256": sha256_of(archive), "sha256_of": "file", "md5": md5_of(archive),
+        "requested": "auto", "reason": "source=auto and data.url names the archive to download",
+        "format": "cifar-python", "image_format": None}
 
     manifest = preprocess_dataset(tmp_path / "data/raw", tmp_path / "data/processed", **QUIET)
+    assert manifest["source"] == info["source"]
+    assert describe_source(manifest) == "archive (127.0.0.1)"  # not the official URL: a mirror
+    assert manifest["image_size_reason"] == "CIFAR native 32x32"
     assert manifest["class_names"] == ["airplane", "automobile", "bird", "cat", "deer",
                                        "dog", "frog", "horse", "ship", "truck"]
     assert manifest["image_size"] == [32, 32]
@@ -128,8 +151,14 @@ def test_real_cifar10_jpegs_go_through_fetch_and_preprocess(shared_data, tmp_pat
     source = os.path.relpath(CIFAR10_JPEG, tmp_path)
     info = fetch_dataset("cifar10", tmp_path / "raw", source=source, base_dir=tmp_path, **QUIET)
     assert info["format"] == "class-folder-archive" and info["root"] == ""
-    assert info["source"] == source and info["md5"] == md5_of(CIFAR10_JPEG)
+    assert info["md5"] == md5_of(CIFAR10_JPEG)
+    assert info["source"] == {
+        "kind": "local", "path": source, "sha256": sha256_of(CIFAR10_JPEG), "sha256_of": "file",
+        "md5": md5_of(CIFAR10_JPEG), "requested": source, "reason": "named by data.source",
+        "format": "class-folder-archive", "image_format": "JPEG"}
     manifest = preprocess_dataset(tmp_path / "raw", tmp_path / "processed", max_per_class=30, **QUIET)
+    assert manifest["source"] == info["source"] and describe_source(manifest) == f"JPEG copy ({source})"
+    assert manifest["image_size"] == [32, 32] and manifest["image_size_reason"] == "CIFAR native 32x32"
 
     assert manifest["class_names"][:3] == ["airplane", "automobile", "bird"]
     for split, n in (("train", 24), ("val", 6), ("test", 30)):
@@ -180,14 +209,15 @@ def test_bird_sample_as_kaggle_birds_from_a_zip(shared_data, tmp_path):
     with pytest.raises(DataError, match="checksum mismatch for data source"):
         fetch_dataset("birds", tmp_path / "raw", source=archive, md5="0" * 32, **QUIET)
     info = fetch_dataset("birds", tmp_path / "raw", source=archive, md5=md5_of(archive), **QUIET)
-    assert info["md5"] == md5_of(archive) and info["source"] == str(archive)
+    assert info["md5"] == md5_of(archive) and info["source"]["path"] == str(archive)
     assert info["split_folders"] == {"train": "train", "test": "test", "val": "valid"} and info["root"] == "birds/"
     # the archive is kept as it is and read in place
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["100-bird-species.zip", "fetch_info.json"]
 
     manifest = preprocess_dataset(tmp_path / "raw", tmp_path / "processed", num_classes=10, **QUIET)
     assert manifest["class_names"] == species[:10]  # the first N species in sorted order
-    assert manifest["image_size"] == [224, 224]
+    assert manifest["image_size"] == [224, 224] and manifest["image_size_reason"] == "the bird study's 224x224"
+    assert describe_source(manifest) == f"JPEG class folders ({archive})"
     assert manifest["validation"]["val_fraction"] is None and "valid/" in manifest["validation"]["source"]
     for split, n in (("train", 3), ("val", 1), ("test", 1)):
         assert manifest["counts"][split] == {name: n for name in species[:10]}
@@ -237,11 +267,80 @@ def test_cifar10_class_folders_must_have_the_official_class_names(shared_data, t
         fetch_dataset("cifar10", tmp_path / "raw", source=tmp_path / "tree", **QUIET)
 
 
+# --------------------------------------------------------------------------- which source: auto, None, a path
+
+
+def test_auto_uses_the_local_copy_when_it_is_there_and_says_why(tmp_path, capsys):
+    archive = tmp_path / "copies" / "cifar-10-python.tar.gz"
+    archive.parent.mkdir()
+    build_cifar10_archive(archive, per_class_per_batch=1, test_per_class=1)
+    # relative to base_dir, as the pipeline passes ../shared/data/... against the project root
+    info = fetch_dataset("cifar10", tmp_path / "raw", local_copy="copies/cifar-10-python.tar.gz", base_dir=tmp_path,
+                         md5=md5_of(archive), download_dir=tmp_path / "downloads", **QUIET)
+    assert capsys.readouterr().out.splitlines() == [
+        "data source: the local copy copies/cifar-10-python.tar.gz (source=auto and the local copy exists)"]
+    assert info["source"]["kind"] == "local" and info["source"]["path"] == "copies/cifar-10-python.tar.gz"
+    assert info["source"]["requested"] == "auto" and info["source"]["sha256"] == sha256_of(archive)
+    assert info["format"] == "cifar-python" and not (tmp_path / "downloads").exists()  # nothing downloaded
+    assert describe_source(info) == "official archive, local copy (copies/cifar-10-python.tar.gz)"
+
+
+def test_auto_without_the_local_copy_downloads_and_none_always_downloads(tmp_path):
+    (tmp_path / "copy.tar.gz").write_bytes(b"a local copy")
+    missing = resolve_source("cifar10", "auto", tmp_path, "nowhere/cifar10-jpeg.tar.gz")
+    assert (missing.kind, missing.url, missing.path) == ("download", OFFICIAL_CIFAR10_URL, None)
+    assert missing.reason == "source=auto and there is no local copy at nowhere/cifar10-jpeg.tar.gz"
+    assert "download https://www.cs.toronto.edu" in missing.describe()
+    present = resolve_source("cifar10", "auto", tmp_path, "copy.tar.gz")
+    assert (present.kind, present.path, present.requested) == ("local", tmp_path / "copy.tar.gz", "auto")
+    never_local = resolve_source("cifar10", None, tmp_path, "copy.tar.gz")
+    assert never_local.kind == "download" and never_local.requested is None and "always" in never_local.reason
+    mirror = resolve_source("cifar100", "auto", tmp_path, "copy.tar.gz", url="https://mirror.example/c.tar.gz")
+    assert mirror.kind == "download" and mirror.url == "https://mirror.example/c.tar.gz"  # a url written down wins
+    named = resolve_source("folder", "copy.tar.gz", tmp_path)
+    assert (named.kind, named.given_path, named.requested) == ("local", "copy.tar.gz", "copy.tar.gz")
+    birds = resolve_source("birds", "auto", tmp_path, None, kaggle_version=3)
+    assert birds.url == "https://www.kaggle.com/datasets/gpiosenka/100-bird-species/versions/3"
+    assert birds.reason == "source=auto and no local copy is configured for birds"
+    assert not (tmp_path / "raw").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["copy.tar.gz"]
+
+
+def test_describe_source_labels_each_kind_including_old_manifests():
+    def label(dataset, **record):
+        return describe_source({"dataset": dataset, "source": record})
+
+    assert label("cifar10", kind="download", url=OFFICIAL_CIFAR10_URL, format="cifar-python") == \
+        "official archive (cs.toronto.edu)"
+    assert label("birds", kind="download", url="https://www.kaggle.com/datasets/gpiosenka/100-bird-species",
+                 kaggle={"dataset": "gpiosenka/100-bird-species", "version": None}) == \
+        "Kaggle gpiosenka/100-bird-species (latest version)"
+    assert label("folder", kind="local", path="data/mnist", format="class-folders", image_format="PNG") == \
+        "PNG class folders (data/mnist)"
+    # manifests written before the source record existed still get a label
+    assert label("cifar10", source="../shared/data/cifar10-jpeg.tar.gz", url=None, md5="x") == \
+        "local copy (../shared/data/cifar10-jpeg.tar.gz)"
+    assert label("cifar10", source=None, url=OFFICIAL_CIFAR10_URL, md5="x") == "download (cs.toronto.edu)"
+
+
+def test_a_directory_source_is_recorded_with_a_digest_of_its_files(tmp_path):
+    for copy in ("one", "two"):
+        build_class_tree(tmp_path / copy, {"cat": 2, "dog": 2}, size=8)
+    info = fetch_dataset("folder", tmp_path / "raw", source=tmp_path / "one", **QUIET)
+    assert info["source"]["sha256"] == directory_digest(tmp_path / "one") == directory_digest(tmp_path / "two")
+    assert info["source"]["sha256_of"].startswith("directory") and info["source"]["image_format"] == "PNG"
+    (tmp_path / "two/test/dog/000.png").write_bytes(b"changed")
+    assert directory_digest(tmp_path / "two") != directory_digest(tmp_path / "one")
+
+
 def test_bad_arguments_are_named(tmp_path):
     with pytest.raises(DataError, match="unknown dataset 'cifar11'"):
         fetch_dataset("cifar11", tmp_path / "raw")
     with pytest.raises(DataError, match="'folder' needs a source"):
-        fetch_dataset("folder", tmp_path / "raw")
+        fetch_dataset("folder", tmp_path / "raw")  # auto, and no local copy
+    with pytest.raises(DataError, match="'folder' needs a source.*the local copy gone/ does not exist"):
+        fetch_dataset("folder", tmp_path / "raw", local_copy="gone/", base_dir=tmp_path)
+    with pytest.raises(DataError, match="'folder' needs a source.*no download"):
+        fetch_dataset("folder", tmp_path / "raw", source=None)
     with pytest.raises(DataError, match=r"data source .*nowhere\.tar\.gz does not exist"):
         fetch_dataset("cifar10", tmp_path / "raw", source="nowhere.tar.gz", base_dir=tmp_path)
     with pytest.raises(DataError, match="kaggle_version must be a positive integer"):

@@ -5,20 +5,31 @@ preprocess worker processes import this package); the input pipeline names are l
 from `lightcnn.data.pipeline`, which does, on first use.
 """
 from lightcnn.data.download import DataError, download_file, extract_archive
-from lightcnn.data.fetch import DATASETS, fetch_dataset, find_kaggle_credentials, read_fetch_info
+from lightcnn.data.fetch import (
+    DATASETS,
+    ResolvedSource,
+    describe_source,
+    fetch_dataset,
+    find_kaggle_credentials,
+    read_fetch_info,
+    resolve_source,
+)
 from lightcnn.data.preprocess import preprocess_dataset
 
-_PIPELINE_NAMES = ("load_manifest", "make_dataset", "read_examples")
+_PIPELINE_NAMES = ("load_manifest", "make_dataset", "read_examples", "verify_shards")
 
 __all__ = [
     "DATASETS",
     "DataError",
+    "ResolvedSource",
+    "describe_source",
     "download_file",
     "extract_archive",
     "fetch_dataset",
     "find_kaggle_credentials",
     "preprocess_dataset",
     "read_fetch_info",
+    "resolve_source",
     *_PIPELINE_NAMES,
 ]
 

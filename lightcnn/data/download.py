@@ -2,11 +2,14 @@
 
 A download is written to `<name>.part`, resumed with an HTTP Range request after a
 dropped connection, and renamed to `<name>` only once its checksum matched, so a file
-without the `.part` suffix is always complete and verified.
+without the `.part` suffix is always complete and verified. An HTML page served in place
+of the file (a login, error or "moved" page, often with HTTP 200) is refused before
+anything is written, and never kept under the file's name.
 """
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import posixpath
 import shutil
@@ -75,9 +78,11 @@ def download_file(
     part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.exists():
-        if md5 is None or file_digest(dest, "md5") == md5.lower():
+        if md5 is None and not looks_like_html(dest.read_bytes()[:HTML_SNIFF_BYTES]):
             return dest
-        dest.unlink()  # a stale or damaged copy: fetch it again
+        if md5 is not None and file_digest(dest, "md5") == md5.lower():
+            return dest
+        dest.unlink()  # a stale or damaged copy (or a page saved by another tool): fetch it again
 
     last_error: Exception | None = None
     for attempt in range(retries + 1):
@@ -126,6 +131,9 @@ def _download_attempt(url: str, part: Path, timeout: float, progress: bool) -> N
             raise _RetryableError(f"HTTP {response.status_code} from {url}")
         if response.status_code >= 400:
             raise DataError(f"cannot download {url}: HTTP {response.status_code} {response.reason}")
+        content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if content_type in HTML_CONTENT_TYPES:
+            raise DataError(html_page_message(url, f"Content-Type {content_type}"))
 
         if response.status_code == 206:
             if _content_range_start(response) != have:
@@ -137,15 +145,37 @@ def _download_attempt(url: str, part: Path, timeout: float, progress: bool) -> N
         remaining = response.headers.get("Content-Length")
         total = done + int(remaining) if remaining is not None else None
 
+        chunks = response.iter_content(CHUNK_SIZE)
+        first = next(chunks, b"")
+        if mode == "wb" and looks_like_html(first):  # a page sent as application/octet-stream
+            raise DataError(html_page_message(url, "the body starts like a web page"))
         with open(part, mode) as f, tqdm(
             total=total, initial=done, unit="B", unit_scale=True, unit_divisor=1024,
             desc=part.name.removesuffix(".part"), disable=not progress, mininterval=1.0,
         ) as bar:
-            for chunk in response.iter_content(CHUNK_SIZE):
+            for chunk in itertools.chain([first], chunks):
                 f.write(chunk)
                 bar.update(len(chunk))
     if total is not None and part.stat().st_size < total:
         raise _RetryableError(f"connection closed early while reading {url}")
+
+
+HTML_CONTENT_TYPES = {"text/html", "application/xhtml+xml"}
+HTML_SNIFF_BYTES = 512
+_HTML_STARTS = (b"<!doctype html", b"<html", b"<head", b"<body", b"<!--")
+
+
+def looks_like_html(data: bytes) -> bool:
+    """Whether bytes start like an HTML page (no archive or image format does)."""
+    start = data[:HTML_SNIFF_BYTES].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    return start.startswith(_HTML_STARTS)
+
+
+def html_page_message(url: str, evidence: str) -> str:
+    return (f"cannot download {url}: the server returned an HTML page instead of the archive ({evidence}): "
+            "a login, error or 'file moved' page? Open the URL in a browser to see what it says, then fix "
+            "data.url, or download the archive yourself and point data.source at the local copy. "
+            "Nothing was saved.")
 
 
 def _content_range_start(response: requests.Response) -> int | None:
@@ -172,7 +202,7 @@ def extract_archive(archive: str | os.PathLike, target_dir: str | os.PathLike) -
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
-                _check_member_path(info.filename, archive)
+                check_member_path(info.filename, archive)
                 if stat.S_ISLNK(info.external_attr >> 16):
                     raise DataError(f"archive {archive} has a symbolic link {info.filename!r}; refusing to extract it")
             zf.extractall(target_dir)
@@ -191,7 +221,7 @@ def extract_archive(archive: str | os.PathLike, target_dir: str | os.PathLike) -
                         "give a .tar.gz, .tar or .zip file or a directory")
 
 
-def _check_member_path(name: str, archive: Path) -> str:
+def check_member_path(name: str, archive: Path) -> str:
     """The member's normalised relative path; DataError if it could escape the target."""
     name = name.replace("\\", "/")
     normalised = posixpath.normpath(name)
@@ -205,7 +235,7 @@ def _check_member_path(name: str, archive: Path) -> str:
 
 
 def _check_tar_member(member: tarfile.TarInfo, archive: Path) -> None:
-    path = _check_member_path(member.name, archive)
+    path = check_member_path(member.name, archive)
     if member.issym():
         # A symlink's target is relative to the directory holding it.
         target = posixpath.normpath(posixpath.join(posixpath.dirname(path), member.linkname))
@@ -215,7 +245,7 @@ def _check_tar_member(member: tarfile.TarInfo, archive: Path) -> None:
                 "outside the target directory; refusing to extract it"
             )
     elif member.islnk():
-        _check_member_path(member.linkname, archive)  # hard link targets are archive paths
+        check_member_path(member.linkname, archive)  # hard link targets are archive paths
     elif not (member.isfile() or member.isdir()):
         raise DataError(f"archive {archive} has a special file {member.name!r} (device or fifo); "
                         "refusing to extract it")
@@ -230,11 +260,11 @@ def list_archive(archive: str | os.PathLike) -> list[str]:
     archive = Path(archive)
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
-            return [_check_member_path(info.filename, archive) + ("/" if info.is_dir() else "")
+            return [check_member_path(info.filename, archive) + ("/" if info.is_dir() else "")
                     for info in zf.infolist() if not stat.S_ISLNK(info.external_attr >> 16)]
     if tarfile.is_tarfile(archive):
         with tarfile.open(archive, "r:*") as tf:
-            return [_check_member_path(member.name, archive) + ("/" if member.isdir() else "")
+            return [check_member_path(member.name, archive) + ("/" if member.isdir() else "")
                     for member in tf if member.isfile() or member.isdir()]
     raise DataError(f"{archive} is neither a tar nor a zip archive; give a .tar.gz, .tar or .zip file or a directory")
 
@@ -251,11 +281,11 @@ class ArchiveReader:
         self.zip, self.loaded = None, {}
         if zipfile.is_zipfile(archive):
             self.zip = zipfile.ZipFile(archive)
-            self.zip_names = {_check_member_path(info.filename, archive): info for info in self.zip.infolist()}
+            self.zip_names = {check_member_path(info.filename, archive): info for info in self.zip.infolist()}
         else:
             with tarfile.open(archive, "r:*") as tf:
                 for member in tf:
-                    name = _check_member_path(member.name, archive)
+                    name = check_member_path(member.name, archive)
                     if member.isfile() and name in wanted:
                         self.loaded[name] = tf.extractfile(member).read()
 

@@ -11,9 +11,15 @@ The raw directory holds one of three layouts, named by `format` in its `fetch_in
   of small files are written (and tracked by DVC);
 - "class-folders": the same split folders, copied from a directory.
 
-`fetch_info.json` also records the dataset, where it came from (URL or local source, the
-archive's MD5, the Kaggle dataset and version) and never any credentials. The directory
-is built under a temporary name and renamed into place when complete.
+`fetch_info.json` also records the dataset and where it came from, as a `source` record
+(see `source_record`): a local copy or a download, its path or URL, the sha256 of what was
+used, what was asked for and why that choice was made; never any credentials. The
+directory is built under a temporary name and renamed into place when complete.
+
+Which source: `resolve_source` decides (pure: it only looks at the file system). The
+default, source="auto", uses the caller's `local_copy` of the dataset when it exists and
+the official download otherwise; source=None always downloads; a path always uses that
+path.
 """
 from __future__ import annotations
 
@@ -23,6 +29,8 @@ import shutil
 import sys
 import tarfile
 import zipfile
+import hashlib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -68,12 +76,41 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 
 KAGGLE_BIRDS = "gpiosenka/100-bird-species"
 
+AUTO = "auto"  # the default source: the local copy when it is there, else the official download
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    """Where a dataset will come from, and why (what `resolve_source` decided).
+
+    kind: "local" (a file or directory on this machine) or "download".
+    path: the local copy resolved against base_dir (kind "local"), else None.
+    given_path: that path as the caller wrote it (relative paths stay relative, so records
+        do not depend on the machine), else None.
+    url: what is downloaded (kind "download"): the CIFAR archive URL or the Kaggle dataset page.
+    requested: the `source` argument as given: "auto", None or the path as a string.
+    reason: one sentence saying why this source was chosen.
+    """
+
+    kind: str
+    path: Path | None
+    given_path: str | None
+    url: str | None
+    requested: str | None
+    reason: str
+
+    def describe(self) -> str:
+        """One line for the log: what is used and why."""
+        what = f"the local copy {self.given_path}" if self.kind == "local" else f"the download {self.url}"
+        return f"data source: {what} ({self.reason})"
+
 
 def fetch_dataset(
     dataset: str,
     raw_dir: str | os.PathLike,
     *,
-    source: str | os.PathLike | None = None,
+    source: str | os.PathLike | None = AUTO,
+    local_copy: str | os.PathLike | None = None,
     base_dir: str | os.PathLike | None = None,
     url: str | None = None,
     md5: str | None = None,
@@ -88,58 +125,196 @@ def fetch_dataset(
 
     dataset: "cifar10" or "cifar100" (official python archive from `url`, checked against
         `md5`; both default to the official ones), "birds" (Kaggle `kaggle_dataset`, at
-        `kaggle_version` or the latest) or "folder" (needs `source`).
-    source: a local copy to use instead of the download: the official CIFAR archive (its
-        MD5 is checked before anything is unpacked), or a class-folder dataset as a
-        directory or .tar.gz/.zip archive. Relative paths are resolved against `base_dir`
-        (default: the current directory).
-    md5: expected MD5 of the archive (download or `source`); for class-folder archives
+        `kaggle_version` or the latest) or "folder" (needs a local source).
+    source: "auto" (default): `local_copy` when it exists, else the official download;
+        None: always the official download; a path: that local copy (an error if missing).
+        A local copy is the official CIFAR archive (its MD5 is checked before anything is
+        unpacked), or a class-folder dataset as a directory or .tar.gz/.zip archive.
+        Relative paths are resolved against `base_dir` (default: the current directory).
+    local_copy: where this machine may keep a copy of the dataset (used by "auto").
+    md5: expected MD5 of the archive (download or local); for class-folder archives
         it is optional.
     download_dir: where downloads are kept (resumable, reused when their checksum
         matches); default `<raw_dir>/../downloads`.
+
+    Prints one line saying which source is used and why; fetch_info.json records it
+    (`source`, see `source_record`), and `describe_source` turns it into a label.
     """
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-    if dataset == "folder" and source is None:
-        raise DataError("dataset 'folder' needs a source (data.source): a directory or .tar.gz/.zip archive "
-                        "holding train/<class>/*, test/<class>/* and optionally valid/<class>/*")
     if url is not None and dataset not in CIFAR_ARCHIVES:
         raise DataError(f"url only applies to cifar10/cifar100; for {dataset!r} give a local source instead")
     if kaggle_version is not None and (isinstance(kaggle_version, bool) or not isinstance(kaggle_version, int)
                                        or kaggle_version < 1):
         raise DataError(f"kaggle_version must be a positive integer or None (latest), got {kaggle_version!r}")
+    resolved = resolve_source(dataset, source, base_dir, local_copy, url=url, kaggle_dataset=kaggle_dataset,
+                              kaggle_version=kaggle_version)
+    source_path = resolved.path
+    if md5 is not None and source_path is not None and source_path.is_dir():
+        raise DataError(f"md5 applies to an archive, but the source {source_path} is a directory")
+    print(resolved.describe(), flush=True)
 
     raw_dir = Path(raw_dir)
     download_dir = Path(download_dir) if download_dir is not None else raw_dir.parent / "downloads"
-    source_path = None
-    if source is not None:
-        source_path = Path(base_dir or ".") / Path(source).expanduser()
-        if not source_path.exists():
-            raise DataError(f"data source {source_path} does not exist (source={str(source)!r}, resolved against "
-                            f"{Path(base_dir or '.').resolve()}); fix data.source or leave it empty to download")
-        if md5 is not None and source_path.is_dir():
-            raise DataError(f"md5 applies to an archive, but the source {source_path} is a directory")
-
-    info: dict = {"dataset": dataset, "source": None if source is None else str(source), "url": None, "md5": None}
+    info: dict = {"dataset": dataset, "source": None, "url": None, "md5": None}
     with staged_dir(raw_dir) as tmp:
         if dataset in CIFAR_ARCHIVES:
-            _fetch_cifar(CIFAR_ARCHIVES[dataset], source_path, url, md5, download_dir, tmp, info,
-                         timeout=timeout, retries=retries, progress=progress)
+            used = _fetch_cifar(CIFAR_ARCHIVES[dataset], source_path, resolved.url, md5, download_dir, tmp, info,
+                                timeout=timeout, retries=retries, progress=progress)
         elif source_path is None:  # birds from Kaggle
-            archive = _download_kaggle(kaggle_dataset, kaggle_version, download_dir, progress)
+            used = _download_kaggle(kaggle_dataset, kaggle_version, download_dir, progress)
             info["kaggle"] = {"dataset": kaggle_dataset, "version": kaggle_version}
-            info["md5"] = file_digest(archive, "md5")
+            info["md5"] = file_digest(used, "md5")
             if md5 is not None:
-                check_md5(archive, md5, f"Kaggle archive {archive}")
-            _lay_out_class_folders(archive, tmp, info)
+                check_md5(used, md5, f"Kaggle archive {used}")
+            _lay_out_class_folders(used, tmp, info)
         else:
+            used = source_path
             if source_path.is_file():
                 info["md5"] = file_digest(source_path, "md5")
                 if md5 is not None:
                     check_md5(source_path, md5, f"data source {source_path}")
             _lay_out_class_folders(source_path, tmp, info)
+        info["source"] = source_record(resolved, used, info)
         (tmp / FETCH_INFO).write_text(json.dumps(info, indent=2) + "\n")
     return info
+
+
+def resolve_source(
+    dataset: str,
+    source: str | os.PathLike | None,
+    base_dir: str | os.PathLike | None = None,
+    local_copy: str | os.PathLike | None = None,
+    *,
+    url: str | None = None,
+    kaggle_dataset: str = KAGGLE_BIRDS,
+    kaggle_version: int | None = None,
+) -> ResolvedSource:
+    """Decide where `dataset` comes from; copies and downloads nothing.
+
+    source="auto": `local_copy` (resolved against `base_dir`) when it exists, else the
+        official download. An explicit `url` (a mirror of the CIFAR archive) means the
+        download: a URL written down is a stronger wish than a copy that happens to be there.
+    source=None: the official download (or `url`).
+    source=<path>: that path, resolved against `base_dir`; DataError if it does not exist.
+        (A file literally named "auto" is "./auto".)
+    The "folder" dataset has no download: it needs a path, or "auto" with a local copy.
+    """
+    if dataset not in DATASETS:
+        raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    base = Path(base_dir or ".")
+    requested = None if source is None else str(source)
+    if source is not None and str(source) != AUTO:
+        path = base / Path(source).expanduser()
+        if not path.exists():
+            raise DataError(f"data source {path} does not exist (source={str(source)!r}, resolved against "
+                            f"{base.resolve()}); fix data.source, or set it to auto (a local copy if there is one, "
+                            "else the download) or leave it empty to download")
+        return ResolvedSource("local", path, str(source), None, requested, "named by data.source")
+
+    if source is not None:  # auto
+        if local_copy is not None and (base / Path(local_copy).expanduser()).exists() and url is None:
+            return ResolvedSource("local", base / Path(local_copy).expanduser(), str(local_copy), None, requested,
+                                  "source=auto and the local copy exists")
+        if dataset == "folder":
+            where = f"; the local copy {local_copy} does not exist" if local_copy is not None else ""
+            raise DataError("dataset 'folder' needs a source (data.source): a directory or .tar.gz/.zip archive "
+                            f"holding train/<class>/*, test/<class>/* and optionally valid/<class>/*{where}")
+        if url is not None:
+            reason = "source=auto and data.url names the archive to download"
+        elif local_copy is not None:
+            reason = f"source=auto and there is no local copy at {local_copy}"
+        else:
+            reason = f"source=auto and no local copy is configured for {dataset}"
+    else:
+        if dataset == "folder":
+            raise DataError("dataset 'folder' needs a source (data.source): a directory or .tar.gz/.zip archive "
+                            "holding train/<class>/*, test/<class>/* and optionally valid/<class>/*; it has "
+                            "no download")
+        reason = "data.source is empty: always the official download"
+    if dataset in CIFAR_ARCHIVES:
+        download_url = url or CIFAR_ARCHIVES[dataset].url
+    else:
+        download_url = f"https://www.kaggle.com/datasets/{kaggle_dataset}" + (
+            f"/versions/{kaggle_version}" if kaggle_version is not None else "")
+    return ResolvedSource("download", None, None, download_url, requested, reason)
+
+
+def source_record(resolved: ResolvedSource, used: Path, info: dict) -> dict:
+    """The `source` entry of fetch_info.json (copied into the manifest by preprocess).
+
+    kind "local" | "download"; path (as given) or url; sha256 of the file used (the local
+    file, or the downloaded archive) or, for a directory, of its sorted file list and
+    contents (sha256_of says which); md5 of an archive; requested (the `source` argument:
+    "auto", None or a path); reason; format (the raw layout); image_format ("JPEG", "PNG",
+    ... the most common image file type of a class-folder dataset, None for CIFAR pickles);
+    kaggle {dataset, version} for a Kaggle download.
+    """
+    record: dict = {"kind": resolved.kind}
+    if resolved.kind == "local":
+        record["path"] = resolved.given_path
+    else:
+        record["url"] = resolved.url
+    if used.is_dir():
+        record.update(sha256=directory_digest(used), sha256_of="directory: sorted relative paths and file contents")
+    else:
+        record.update(sha256=file_digest(used, "sha256"), sha256_of="file")
+    record.update(md5=info.get("md5"), requested=resolved.requested, reason=resolved.reason,
+                  format=info.get("format"), image_format=info.get("image_format"))
+    if "kaggle" in info:
+        record["kaggle"] = info["kaggle"]
+    return record
+
+
+def directory_digest(top: str | os.PathLike) -> str:
+    """sha256 over a directory's files: each relative path (sorted, "/"-separated) and its
+    contents' sha256; the same for the same files wherever the directory is."""
+    top = Path(top)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in top.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(top).as_posix().encode() + b"\0")
+        digest.update(bytes.fromhex(file_digest(path, "sha256")))
+    return digest.hexdigest()
+
+
+def describe_source(manifest: dict) -> str:
+    """A short human-readable label of where the data came from, for reports, e.g.
+    "JPEG copy (../shared/data/cifar10-jpeg.tar.gz)" or "official archive (cs.toronto.edu)".
+
+    Takes a manifest or a fetch info (both hold `source`), also those written before the
+    source record existed.
+    """
+    record = manifest.get("source")
+    dataset = manifest.get("dataset")
+    if isinstance(record, dict) and "kind" in record:
+        if record["kind"] == "download":
+            if record.get("kaggle") or "kaggle.com" in (record.get("url") or ""):
+                kaggle = record.get("kaggle") or {}
+                name = kaggle.get("dataset") or (record.get("url") or "").split("/datasets/")[-1]
+                version = kaggle.get("version")
+                return f"Kaggle {name} ({'latest version' if version is None else f'version {version}'})"
+            official = dataset in CIFAR_ARCHIVES and record.get("url") == CIFAR_ARCHIVES[dataset].url
+            return f"{'official archive' if official else 'archive'} ({_host(record.get('url'))})"
+        path = record.get("path")
+        if record.get("format") == "cifar-python":
+            return f"official archive, local copy ({path})"
+        image_format = record.get("image_format")
+        if dataset in CIFAR_ARCHIVES:
+            return f"{image_format or 'class-folder'} copy ({path})"
+        return f"{image_format + ' ' if image_format else ''}class folders ({path})"
+    # written before the source record: {"source": path or None, "url": ..., "md5": ..., "kaggle": ...}
+    old = record if isinstance(record, dict) else {"source": record}
+    if old.get("source"):
+        return f"local copy ({old['source']})"
+    if old.get("kaggle"):
+        return f"Kaggle {old['kaggle'].get('dataset')}"
+    url = old.get("url") or manifest.get("url")
+    return f"download ({_host(url)})" if url else "unknown source"
+
+
+def _host(url: str | None) -> str:
+    host = urlsplit(url or "").hostname or str(url)
+    return host.removeprefix("www.")
 
 
 def read_fetch_info(raw_dir: str | os.PathLike) -> dict:
@@ -154,8 +329,9 @@ def read_fetch_info(raw_dir: str | os.PathLike) -> dict:
 
 
 def _fetch_cifar(spec: CifarArchive, source: Path | None, url: str | None, md5: str | None,
-                 download_dir: Path, out: Path, info: dict, **download_args) -> None:
-    """The official archive (downloaded, or a local copy), or a class-folder copy of CIFAR."""
+                 download_dir: Path, out: Path, info: dict, **download_args) -> Path:
+    """The official archive (downloaded, or a local copy), or a class-folder copy of CIFAR;
+    returns the file or directory used (the download, or `source`)."""
     expected_md5 = (md5 or spec.md5).lower()
     if source is None:
         url = url or spec.url
@@ -170,7 +346,7 @@ def _fetch_cifar(spec: CifarArchive, source: Path | None, url: str | None, md5: 
         if not official:  # a class-folder archive, e.g. CIFAR as JPEGs
             _check_cifar_classes(_lay_out_class_folders(source, out, info), spec, source)
             info["md5"] = file_digest(source, "md5")
-            return
+            return source
         archive = source
         info["md5"] = expected_md5
     else:
@@ -180,7 +356,7 @@ def _fetch_cifar(spec: CifarArchive, source: Path | None, url: str | None, md5: 
                 f"{Path(spec.url).name} archive itself as the source (its MD5 is checked before its pickles "
                 "are loaded)")
         _check_cifar_classes(_lay_out_class_folders(source, out, info), spec, source)
-        return
+        return source
 
     extract_archive(archive, out / ".extract")
     folder = out / ".extract" / spec.folder
@@ -193,6 +369,7 @@ def _fetch_cifar(spec: CifarArchive, source: Path | None, url: str | None, md5: 
     # preprocess checks these again before unpickling anything
     info["pickle_sha256"] = {f.name: file_digest(f, "sha256")
                              for f in sorted((out / spec.folder).iterdir()) if f.is_file()}
+    return archive
 
 
 def _is_official_cifar_archive(path: Path, spec: CifarArchive) -> bool:
@@ -233,10 +410,25 @@ def _lay_out_class_folders(source: Path, out: Path, info: dict) -> list[str]:
     else:
         shutil.copyfile(source, out / source.name)
         info.update(format="class-folder-archive", archive=source.name, root=root, split_folders=split_folders)
-    names = list_class_names([entry[len(root):] for entry in entries if entry.startswith(root)], split_folders)
+    inside = [entry[len(root):] for entry in entries if entry.startswith(root)]
+    info["image_format"] = _image_format(inside, split_folders)
+    names = list_class_names(inside, split_folders)
     if not names:
         raise DataError(f"{source}: {root}train/ has no class folders; expected train/<class>/<image files>")
     return names
+
+
+IMAGE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".gif": "GIF", ".bmp": "BMP", ".webp": "WebP",
+                 ".tif": "TIFF", ".tiff": "TIFF"}
+
+
+def _image_format(entries: list[str], split_folders: dict[str, str]) -> str | None:
+    """The most common image file type in the split folders ("JPEG"), by file name; None if none."""
+    folders = set(split_folders.values())
+    kinds = Counter(IMAGE_FORMATS.get(Path(entry).suffix.lower()) for entry in entries
+                    if not entry.endswith("/") and entry.split("/")[0] in folders and not _hidden(entry))
+    kinds.pop(None, None)
+    return min(kinds, key=lambda kind: (-kinds[kind], kind)) if kinds else None
 
 
 def _list_directory(top: Path) -> list[str]:

@@ -7,16 +7,17 @@ random ops, so the pipeline stays far ahead of a small model on two cores.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from lightcnn.data.download import DataError
-from lightcnn.data.preprocess import MANIFEST
+from lightcnn.data.preprocess import MANIFEST, SPLITS
 
 REQUIRED_KEYS = ("class_names", "num_classes", "image_size", "counts", "splits", "sha256", "skipped")
 
@@ -49,6 +50,50 @@ def shard_paths(processed_dir: str | os.PathLike, split: str, manifest: dict | N
     return [str(p) for p in paths]
 
 
+# (resolved path, size, mtime_ns) -> sha256 of shards already hashed in this process: a
+# training run builds its datasets more than once, and a shard that did not change since
+# (same size and modification time) is not read through again.
+_VERIFIED_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def verify_shards(processed_dir: str | os.PathLike, splits: Sequence[str] = SPLITS,
+                  manifest: dict | None = None) -> None:
+    """Check the shards of `splits` against the sha256 checksums in the manifest.
+
+    Raises DataError naming the first shard that is missing or differs (damaged on disk,
+    truncated, or replaced after preprocess wrote it). Digests are cached per process by
+    (path, size, modification time), so asking again is free unless a shard changed.
+    """
+    manifest = manifest or load_manifest(processed_dir)
+    for split in splits:
+        for path in shard_paths(processed_dir, split, manifest):
+            name = Path(path).name
+            expected = manifest["sha256"].get(name)
+            if expected is None:
+                raise DataError(f"{Path(processed_dir) / MANIFEST} has no checksum for the shard {name}: the "
+                                "manifest does not belong to these shards. Rerun `dvc repro preprocess` (or restore "
+                                "the tracked copy with `dvc checkout data/processed`)")
+            actual = shard_digest(path)
+            if actual != expected:
+                raise DataError(
+                    f"shard {path} is damaged: its sha256 is {actual[:16]}..., the manifest says {expected[:16]}... "
+                    f"({os.path.getsize(path):,} bytes now). It changed after preprocess wrote it (disk error, "
+                    "truncated copy, edited by hand). Rerun `dvc repro preprocess` (or restore the tracked copy "
+                    "with `dvc checkout data/processed`) before training.")
+
+
+def shard_digest(path: str | os.PathLike) -> str:
+    """sha256 of a file, cached by (path, size, mtime) for the life of the process."""
+    stat = os.stat(path)
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    digest = _VERIFIED_DIGESTS.get(key)
+    if digest is None:
+        with open(path, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        _VERIFIED_DIGESTS[key] = digest
+    return digest
+
+
 def parse_example(serialized: tf.Tensor, image_shape: tuple[int, int]) -> tuple[tf.Tensor, tf.Tensor]:
     """One serialized record -> (uint8 image (H, W, 3), int32 label)."""
     features = tf.io.parse_single_example(serialized, {
@@ -79,6 +124,10 @@ def make_dataset(
     repeated as Keras ImageDataGenerator's fill_mode="nearest") and flipped left-right
     (`flip`). training=False: records in file order, unchanged.
 
+    The split's shards are first checked against the manifest's sha256 checksums
+    (`verify_shards`; once per process unless a shard changes), so damaged data never
+    trains or evaluates a model.
+
     The training stream depends on `seed` and on TensorFlow's global seed (which training
     sets): each pass over the dataset gets a new shuffle and augmentation, and a new process
     with the same seeds goes through the same sequence of passes.
@@ -89,6 +138,7 @@ def make_dataset(
         raise DataError(f"shift_fraction must be in [0, 1), got {shift_fraction!r}")
     manifest = load_manifest(processed_dir)
     files = shard_paths(processed_dir, split, manifest)
+    verify_shards(processed_dir, (split,), manifest)
     height, width = manifest["image_size"]
     num_classes = manifest["num_classes"]
     num_examples = manifest["splits"][split]["num_examples"]
@@ -162,6 +212,9 @@ def read_examples(processed_dir: str | os.PathLike, split: str) -> Iterator[tupl
         })
         return tf.io.decode_png(features["image"], channels=3), features["label"], features["path"]
 
-    records = tf.data.TFRecordDataset(shard_paths(processed_dir, split)).map(parse)
+    manifest = load_manifest(processed_dir)
+    files = shard_paths(processed_dir, split, manifest)
+    verify_shards(processed_dir, (split,), manifest)
+    records = tf.data.TFRecordDataset(files).map(parse)
     for image, label, path in records.as_numpy_iterator():
         yield image, int(label), path.decode()

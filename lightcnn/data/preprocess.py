@@ -9,9 +9,14 @@ val and test records are in class order, then file order.
 The same raw data and parameters always give byte-identical shards and manifest: the
 order is fixed before any decoding, workers only turn images into PNG bytes (returned in
 order), and nothing time- or machine-dependent is written.
+
+Image size: `image_size` when given; else CIFAR's native 32x32, the bird study's 224x224,
+and for a "folder" dataset the size its images already have (read from the image headers,
+see `choose_native_size`). The manifest says which and why (`image_size_reason`).
 """
 from __future__ import annotations
 
+import errno
 import io
 import itertools
 import json
@@ -20,9 +25,11 @@ import multiprocessing
 import os
 import pickle
 import sys
+import tarfile
 import types
 import warnings
 import zipfile
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import closing, contextmanager
@@ -37,6 +44,7 @@ from tqdm import tqdm
 from lightcnn.data.download import (
     ArchiveReader,
     DataError,
+    check_member_path,
     file_digest,
     staged_dir,
 )
@@ -45,6 +53,9 @@ from lightcnn.data.fetch import class_folder_entries, list_class_names, read_fet
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val", "test")
 DEFAULT_IMAGE_SIZE = {"cifar10": 32, "cifar100": 32, "birds": 224, "folder": 224}
+DEFAULT_SIZE_REASON = {"cifar10": "CIFAR native 32x32", "cifar100": "CIFAR native 32x32",
+                       "birds": "the bird study's 224x224"}
+MAX_NATIVE_SIDE = 512  # a folder dataset of larger images (photos) is resized to the default instead
 
 PNG_COMPRESS_LEVEL = 1  # 2-3x faster than the default 6 on 224x224 photos, for 1-3% larger files
 SHARD_PIXEL_BYTES = 64 << 20  # default shard size in decoded pixels: ~21,800 CIFAR images, ~445 at 224x224
@@ -74,8 +85,10 @@ def preprocess_dataset(
 ) -> dict:
     """Write train/val/test TFRecord shards and manifest.json to `processed_dir`; return the manifest.
 
-    image_size: int or (height, width); default 32 for CIFAR, 224 otherwise. Images are
-        resized (bilinear, aspect ratio not kept) and converted to RGB.
+    image_size: int or (height, width). Default: 32 for CIFAR, 224 for birds, and for a
+        "folder" dataset the size of its images (the most common one if they differ; see
+        `choose_native_size`). Images are resized (bilinear, aspect ratio not kept) and
+        converted to RGB. The manifest's `image_size_reason` says where the size came from.
     val_fraction: share of each class's train images held out for validation (stratified,
         seeded). Ignored when the dataset has its own valid/ folder (the manifest says so).
     max_per_class: keep at most this many images per class in each source split (the first
@@ -87,7 +100,9 @@ def preprocess_dataset(
     """
     raw_dir, processed_dir = Path(raw_dir), Path(processed_dir)
     info = read_fetch_info(raw_dir)
-    height, width = _image_size(image_size, info["dataset"])
+    if image_size is not None:
+        height, width = _image_size(image_size)
+        size_reason = f"data.image_size={image_size if isinstance(image_size, int) else [height, width]}"
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
         raise DataError(f"val_fraction must be a number between 0 and 1 (exclusive), got {val_fraction!r}")
     for name, value in (("max_per_class", max_per_class), ("num_classes", num_classes),
@@ -115,6 +130,13 @@ def preprocess_dataset(
                            for split, per_class in by_split.items()})
     if max_per_class is not None:
         by_split = {split: [images[:max_per_class] for images in per_class] for split, per_class in by_split.items()}
+    if image_size is None:
+        if info["dataset"] == "folder":
+            used = {image.path for per_class in by_split.values() for images in per_class for image in images}
+            (height, width), size_reason = choose_native_size(*_read_image_sizes(raw_dir, info, used))
+        else:
+            height, width = _image_size(DEFAULT_IMAGE_SIZE[info["dataset"]])
+            size_reason = DEFAULT_SIZE_REASON[info["dataset"]]
 
     rng = np.random.default_rng(seed)
     if "val" in by_split:
@@ -131,7 +153,7 @@ def preprocess_dataset(
     }
 
     per_shard = examples_per_shard or max(1, SHARD_PIXEL_BYTES // (height * width * 3))
-    with staged_dir(processed_dir) as tmp:
+    with _disk_full_as_data_error(processed_dir), staged_dir(processed_dir) as tmp:
         written = _write_shards(raw_dir, info, splits, (height, width), class_names, per_shard, tmp, workers,
                                 progress)
         counts = {split: dict(zip(class_names, written[split]["label_counts"])) for split in SPLITS}
@@ -145,6 +167,7 @@ def preprocess_dataset(
             "num_classes": len(class_names),
             **extra,
             "image_size": [height, width],
+            "image_size_reason": size_reason,
             "record_features": {"image": "PNG bytes, RGB", "label": "int64 class index",
                                 "path": "bytes, source path in the dataset"},
             "splits": {split: {"shards": written[split]["shards"], "num_examples": sum(counts[split].values())}
@@ -155,19 +178,122 @@ def preprocess_dataset(
             "validation": validation,
             "params": {"image_size": [height, width], "val_fraction": val_fraction, "max_per_class": max_per_class,
                        "num_classes": num_classes, "seed": seed, "examples_per_shard": per_shard},
-            "source": {key: info[key] for key in ("source", "url", "md5", "kaggle") if key in info},
+            "source": _source_of(info),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
-def _image_size(image_size: int | Sequence[int] | None, dataset: str) -> tuple[int, int]:
-    if image_size is None:
-        image_size = DEFAULT_IMAGE_SIZE[dataset]
+def _image_size(image_size: int | Sequence[int]) -> tuple[int, int]:
     size = [image_size, image_size] if isinstance(image_size, int) else list(image_size)
     if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= 4096 for s in size):
         raise DataError(f"image_size must be an integer or [height, width] between 1 and 4096, got {image_size!r}")
     return size[0], size[1]
+
+
+def _source_of(info: dict) -> dict:
+    """The manifest's `source`: the fetch info's source record (see fetch.source_record), or
+    for a raw directory fetched before that record existed, its old fields."""
+    if isinstance(info.get("source"), dict):
+        return dict(info["source"])
+    return {key: info[key] for key in ("source", "url", "md5", "kaggle") if key in info}
+
+
+def choose_native_size(sizes: Counter, unreadable: int = 0) -> tuple[tuple[int, int], str]:
+    """The (height, width) a folder dataset is trained at when image_size is not given, and why.
+
+    sizes: {(height, width): number of images}, read from the image headers.
+    - One size: that size, so a 28x28 dataset is not upscaled (and slowed down) to 224x224.
+    - Mixed sizes: the most common size, so the fewest images are resized, and a few odd
+      images (a stray photo, a thumbnail) cannot set the size for all of them; a tie goes
+      to the larger area (less detail lost), then the taller, then the wider size.
+    - Larger than MAX_NATIVE_SIDE (512) on a side, or no readable header: the default
+      224x224, since full-size photos would not fit a training batch in memory.
+    """
+    default = DEFAULT_IMAGE_SIZE["folder"]
+    total = sum(sizes.values())
+    if not total:
+        return (default, default), f"no image header could be read: the default {default}x{default}"
+    (height, width), n = max(sizes.items(), key=lambda item: (item[1], item[0][0] * item[0][1], item[0]))
+    if len(sizes) == 1:
+        reason = f"all {total:,} images are {height}x{width}"
+    else:
+        reason = (f"mixed sizes ({len(sizes)} different): the most common, {height}x{width}, has {n:,} of "
+                  f"{total:,} images; the others are resized to it")
+    if unreadable:
+        reason += f" ({unreadable:,} files without a readable image header not counted)"
+    if max(height, width) > MAX_NATIVE_SIDE:
+        return (default, default), (f"{reason}, larger than {MAX_NATIVE_SIDE} px on a side: resized to the "
+                                    f"default {default}x{default} (set data.image_size to choose)")
+    return (height, width), reason
+
+
+def _read_image_sizes(raw_dir: Path, info: dict, paths: set[str]) -> tuple[Counter, int]:
+    """{(height, width): count} of the image files `paths` (dataset paths), read from their
+    headers without decoding pixels, and the number of files with no readable header."""
+    sizes: Counter = Counter()
+    unreadable = 0
+
+    def measure(stream) -> None:
+        nonlocal unreadable
+        try:
+            with Image.open(stream) as image:  # reads the header only
+                sizes[image.size[1], image.size[0]] += 1
+        except Exception:  # not an image, or damaged: encoding skips it later, with the reason
+            unreadable += 1
+
+    if info["format"] == "class-folder-archive":
+        root, archive = info["root"], raw_dir / info["archive"]
+        wanted = {root + path for path in paths}
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                for member in zf.infolist():
+                    if check_member_path(member.filename, archive) in wanted:
+                        with zf.open(member) as stream:
+                            measure(stream)
+        else:
+            with tarfile.open(archive, "r:*") as tf:  # one pass: a compressed tar reads front to back
+                for member in tf:
+                    if member.isfile() and check_member_path(member.name, archive) in wanted:
+                        measure(tf.extractfile(member))
+    else:
+        for path in sorted(paths):
+            measure(raw_dir / path)
+    return sizes, unreadable
+
+
+DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+DISK_FULL_TEXTS = ("no space left on device", "file too large", "disk quota exceeded")
+
+
+def _is_disk_full(error: BaseException | None) -> bool:
+    """Whether an error (or one it came from) is a full disk, quota or file size limit.
+    TensorFlow's file writers raise their own errors, naming the errno only in the text."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+            return True
+        if any(text in str(error).lower() for text in DISK_FULL_TEXTS):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+@contextmanager
+def _disk_full_as_data_error(processed_dir: Path) -> Iterator[None]:
+    try:
+        yield
+    except DataError:
+        raise
+    except Exception as e:
+        if not _is_disk_full(e):
+            raise
+        raise DataError(
+            f"ran out of disk space while writing {processed_dir} ({type(e).__name__}: {str(e).strip()[:200]}). "
+            "The disk is full, or a quota or file size limit was hit. Nothing half-written was kept (an earlier "
+            "output is unchanged). Free space on that disk, or make the output smaller (data.max_per_class, "
+            "data.image_size), and run the preprocess stage again.") from e
 
 
 def _check_no_empty_class(counts: dict[str, dict[str, int]], skipped: list[dict] = ()) -> None:
