@@ -1,7 +1,8 @@
 """Figures published by the original study (../shared/docs/seed-models.md), kept in one place.
 
-Used by the model tests (parameter counts) and by the comparison report (published
-accuracy, parameters and phone latency beside ours).
+Used by the model tests (parameter counts), by the comparison report (published
+accuracy, parameters and phone latency beside ours) and by the README results table
+(lightcnn.results), which label the study's figures with STUDY_PROTOCOL.
 """
 
 STUDY_MODELS = ("mobilenetv3_large", "mobilenetv3_small", "our_large", "our_small")
@@ -30,6 +31,23 @@ PUBLISHED_ACCURACY: dict[str, dict[str, float]] = {
     "bird100": {"mobilenetv3_large": 0.9620, "mobilenetv3_small": 0.9520, "our_large": 0.9380, "our_small": 0.9440},
     "bird325": {"mobilenetv3_large": 0.9575, "mobilenetv3_small": 0.9489, "our_large": 0.9526, "our_small": 0.9563},
 }
+
+# How the study produced its published figures: every table that shows one says so.
+STUDY_PROTOCOL: dict[str, object] = {
+    "epochs": 150,
+    "optimizer": "Adam",
+    "learning_rate": 1e-3,
+    "schedule": "constant",
+    "batch_size": 128,
+    "label_smoothing": 0.1,
+    "checkpoint": "best validation accuracy",
+    "data": "official images (lossless CIFAR arrays, 40,000 train / 10,000 validation; "
+            "Kaggle bird folders at 224x224)",
+    "latency_device": "Qualcomm Snapdragon 865 phone, float32 TFLite, measuring method unpublished",
+}
+STUDY_RECIPE_SUMMARY = "150 epochs, Adam at a constant lr 1e-3, batch 128"
+STUDY_PROTOCOL_SUMMARY = (f"{STUDY_RECIPE_SUMMARY}, official images, best-validation checkpoint; "
+                          "latency on a Snapdragon 865 phone")
 
 # Float32 TFLite latency on a Qualcomm Snapdragon 865 phone, in ms (method unpublished).
 PUBLISHED_PHONE_LATENCY_MS: dict[str, dict[str, float]] = {
