@@ -9,7 +9,7 @@ import sys
 
 from dvc.utils.hydra import compose_and_dump
 
-from pipeline.paths import PROJECT_ROOT
+from pipeline.common.paths import PROJECT_ROOT
 
 
 def compose(overrides: list[str]) -> None:
@@ -19,7 +19,7 @@ def compose(overrides: list[str]) -> None:
 
 if __name__ == "__main__":
     compose(sys.argv[1:])
-    from pipeline.params import load_params
+    from pipeline.common.params import load_params
 
     load_params()
     print("params.yaml written from conf/ and validated")

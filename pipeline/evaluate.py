@@ -1,15 +1,19 @@
-"""Stage evaluate@<model>: test-split metrics, confusion matrix and Grad-CAM of the kept model.
+"""Stage evaluate@<model>-<seed>: test-split metrics, confusion matrix and Grad-CAM of the kept model.
 
-    python -m pipeline.evaluate our_small
+    python -m pipeline.evaluate our_small 42
 """
 from __future__ import annotations
 
+import keras
 import numpy as np
 
 from lightcnn import io
-from pipeline import stage, tracking
-from pipeline.params import check_model, load_params
-from pipeline.paths import PROCESSED_DIR, ModelPaths
+from lightcnn.data import load_manifest, make_dataset
+from lightcnn.evaluation import confusion_matrix_rows, evaluate_model, save_confusion_matrix_png
+from lightcnn.gradcam import save_gradcam_grid
+from pipeline.common import stage
+from pipeline.common.params import StageParams
+from pipeline.common.paths import PROCESSED_DIR, ModelPaths
 
 
 def one_image_per_class(dataset, count: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -27,16 +31,8 @@ def one_image_per_class(dataset, count: int, num_classes: int) -> tuple[np.ndarr
     return images, np.array([c for _, c in chosen])
 
 
-def main(model_name: str = "") -> None:
-    params = load_params()
-    check_model(params, model_name)
-    import keras
-
-    from lightcnn.data import load_manifest, make_dataset
-    from lightcnn.evaluation import confusion_matrix_rows, evaluate_model, save_confusion_matrix_png
-    from lightcnn.gradcam import save_gradcam_grid
-
-    paths = ModelPaths(model_name)
+def main(params: StageParams, model_name: str, seed: int) -> None:
+    paths = ModelPaths(model_name, seed)
     manifest = load_manifest(PROCESSED_DIR)
     class_names = manifest["class_names"]
     model = keras.models.load_model(paths.best)
@@ -50,17 +46,10 @@ def main(model_name: str = "") -> None:
     io.write_json(paths.extras / "per_class_accuracy.json", result["per_class_accuracy"])
     io.write_json(paths.extras / "confusion.json", confusion_matrix_rows(result["confusion_matrix"], class_names))
     save_confusion_matrix_png(result["confusion_matrix"], class_names, paths.extras / "confusion.png")
-    images, labels = one_image_per_class(test_ds, params["report"]["gradcam_images"], len(class_names))
+    images, labels = one_image_per_class(test_ds, params["report.gradcam_images"], len(class_names))
     save_gradcam_grid(model, images, class_names, paths.extras / "gradcam.png", labels=labels,
-                      layer_name=params["report"]["gradcam_layer"])
-
-    run = tracking.ModelRun.reopen(paths.mlflow_run)
-    if run:
-        run.log_metrics({f"test_{k}": v for k, v in metrics.items()})
-        run.log_artifacts([paths.extras / "confusion.png", paths.extras / "gradcam.png",
-                           paths.extras / "per_class_accuracy.json"], "evaluation")
-        run.finish()
+                      layer_name=params["report.gradcam_layer"])
 
 
 if __name__ == "__main__":
-    stage.run(main)
+    stage.run("evaluate", main, per_model=True)

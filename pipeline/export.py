@@ -1,15 +1,19 @@
-"""Stage export@<model>: float32, float16 and int8 TFLite files, each measured in LiteRT.
+"""Stage export@<model>-<seed>: float32, float16 and int8 TFLite files, each measured in LiteRT.
 
-    python -m pipeline.export our_small
+    python -m pipeline.export our_small 42
 """
 from __future__ import annotations
 
+import keras
 import numpy as np
 
 from lightcnn import io
-from pipeline import stage, tracking
-from pipeline.params import check_model, load_params
-from pipeline.paths import PROCESSED_DIR, ModelPaths
+from lightcnn.data import make_dataset
+from lightcnn.export import VARIANTS, TFLiteModel, convert_variants, evaluate_tflite
+from pipeline.common import stage
+from pipeline.common.params import StageParams
+from pipeline.common.paths import PROCESSED_DIR, ModelPaths
+
 
 def take(dataset, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
     """The first `limit` images (and integer labels) of a non-shuffled split."""
@@ -19,19 +23,13 @@ def take(dataset, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(images), np.concatenate(labels)
 
 
-def main(model_name: str = "") -> None:
-    params = load_params()
-    check_model(params, model_name)
-    import keras
-
-    from lightcnn.data import make_dataset
-    from lightcnn.export import VARIANTS, TFLiteModel, convert_variants, evaluate_tflite
-
-    paths = ModelPaths(model_name)
-    settings = params["export"]
+def main(params: StageParams, model_name: str, seed: int) -> None:
+    paths = ModelPaths(model_name, seed)
     model = keras.models.load_model(paths.best)
-    calibration, _ = take(make_dataset(PROCESSED_DIR, "train", 256, training=False), settings["representative_images"])
-    test_images, test_labels = take(make_dataset(PROCESSED_DIR, "test", 256, training=False), settings["eval_images"])
+    calibration, _ = take(make_dataset(PROCESSED_DIR, "train", 256, training=False),
+                          params["export.representative_images"])
+    test_images, test_labels = take(make_dataset(PROCESSED_DIR, "test", 256, training=False),
+                                    params["export.eval_images"])
     keras_probs = model.predict(test_images, batch_size=256, verbose=0)
 
     results = {"keras_top1": float(np.mean(keras_probs.argmax(axis=1) == test_labels)),
@@ -42,12 +40,6 @@ def main(model_name: str = "") -> None:
         results[variant] = {"size_bytes": len(tflite_bytes), **measured}
     io.write_json(paths.tflite_metrics, results)
 
-    run = tracking.ModelRun.reopen(paths.mlflow_run)
-    if run:
-        run.log_metrics(tracking.flatten("tflite", results))
-        run.log_artifacts([paths.tflite(v) for v in VARIANTS], "tflite")
-        run.finish()
-
 
 if __name__ == "__main__":
-    stage.run(main)
+    stage.run("export", main, per_model=True)

@@ -4,18 +4,17 @@
 """
 from __future__ import annotations
 
-from pipeline import stage
-from pipeline.params import load_params
-from pipeline.paths import PROCESSED_DIR, RAW_DIR
+from lightcnn.data import preprocess_dataset
+from pipeline.common import stage
+from pipeline.common.params import StageParams
+from pipeline.common.paths import PROCESSED_DIR, RAW_DIR
 
 
-def main() -> None:
-    data = load_params()["data"]
-    from lightcnn.data import preprocess_dataset
-
-    preprocess_dataset(RAW_DIR, PROCESSED_DIR, image_size=data["image_size"], val_fraction=data["val_fraction"],
-                       max_per_class=data["max_per_class"], num_classes=data["num_classes"], seed=data["seed"])
+def main(params: StageParams) -> None:
+    preprocess_dataset(RAW_DIR, PROCESSED_DIR, image_size=params["data.image_size"],
+                       val_fraction=params["data.val_fraction"], max_per_class=params["data.max_per_class"],
+                       num_classes=params["data.num_classes"], seed=params["data.seed"])
 
 
 if __name__ == "__main__":
-    stage.run(main)
+    stage.run("preprocess", main)

@@ -1,37 +1,62 @@
-"""Stage train@<model>: train one model on the preprocessed data, tracked in MLflow.
+"""Stage train@<model>-<seed>: train one model on the preprocessed data, tracked in MLflow.
 
-    python -m pipeline.train our_small
+    python -m pipeline.train our_small 42
 
 A run killed mid-way (even by SIGKILL) resumes from its last completed epoch on the next
-`dvc repro`, in the same MLflow run.
+`dvc repro`, in its own MLflow run.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
+
+import keras
+
 from lightcnn import io
-from pipeline import stage, tracking
-from pipeline.params import check_model, load_params, model_train_settings
-from pipeline.paths import PROCESSED_DIR, ModelPaths
+from lightcnn.data import load_manifest, make_dataset
+from lightcnn.training import checkpoint_epoch, resolve_config, seed_everything, train_model
+from pipeline.common import stage, tracking
+from pipeline.common.params import StageParams
+from pipeline.common.paths import PROCESSED_DIR, ModelPaths
+from pipeline.common.settings import TrainSettings
 
 
-def main(model: str = "") -> None:
-    params = load_params()
-    check_model(params, model)
-    import keras
+def train_settings(params: StageParams, model: str, seed: int) -> dict:
+    """The train section, this model's per_model values over it (null = inherit), and the seed."""
+    keys = [key for key in TrainSettings.model_fields if key != "seeds"]
+    merged = {key: params[f"train.{key}"] for key in keys}
+    merged.update({key: value for key, value in params[f"per_model.{model}"].items() if value is not None})
+    return {**merged, "seed": seed}
 
-    from lightcnn.data import load_manifest, make_dataset
-    from lightcnn.training import checkpoint_epoch, resolve_config, seed_everything, train_model
 
-    config = resolve_config(**model_train_settings(params, model))
+def config_dict(config) -> dict:
+    return config.model_dump() if hasattr(config, "model_dump") else dataclasses.asdict(config)
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """Sends each epoch's Keras logs (loss, accuracy, val_*, lr) to the model's run."""
+
+    def __init__(self, run: tracking.ModelRun):
+        super().__init__()
+        self.run = run
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.run.log_metrics({k: float(v) for k, v in (logs or {}).items()}, step=epoch + 1)
+
+
+def main(params: StageParams, model: str, seed: int) -> None:
+    config = resolve_config(**train_settings(params, model, seed))
     manifest = load_manifest(PROCESSED_DIR)
-    paths = ModelPaths(model)
-    resume_file = paths.dir / "checkpoint-mlflow-run.json"   # not a DVC out: survives a kill
-    resuming = checkpoint_epoch(paths.dir, config) > 0 and resume_file.exists()
-    experiment = tracking.experiment_name(params["data"], manifest["num_classes"])
-    run = tracking.ModelRun.start(resume_file, experiment, model, resume=resuming)
-    if not resuming:
-        run.log_params({"model": model, **tracking.flatten("train", dataclasses.asdict(config)),
-                        **tracking.flatten("data", params["data"]), "data.num_classes_effective": manifest["num_classes"]})
+    paths = ModelPaths(model, seed)
+    resuming = checkpoint_epoch(paths.dir, config) > 0 and paths.resume_run.exists()
+    own_run = json.loads(paths.resume_run.read_text())["run_id"] if resuming else None
+    run = tracking.ModelRun.open(model, seed, manifest, adopt_run_id=own_run)
+    io.write_json(paths.resume_run, {"run_id": run.run_id})  # not a DVC out: a killed run resumes in it
+    if run.created:
+        run.log_params({"model": model, **tracking.flatten("train", config_dict(config)),
+                        **tracking.flatten("data", manifest.get("params", {})),
+                        "data.num_classes_effective": manifest["num_classes"]})
+    run.set_tags({"lightcnn.trained": "true"})
 
     seed_everything(config)  # before the datasets: their seeded shuffles mix in TF's global seed
     train_ds = make_dataset(PROCESSED_DIR, "train", config.batch_size, training=True, seed=config.seed,
@@ -39,16 +64,15 @@ def main(model: str = "") -> None:
     val_ds = make_dataset(PROCESSED_DIR, "val", config.batch_size, training=False)
     input_shape = (*manifest["image_size"], 3)
     summary = train_model(model, manifest["num_classes"], input_shape, train_ds, val_ds, config, paths.dir,
-                          callbacks=[tracking.EpochLogger(run)])
+                          callbacks=[EpochLogger(run)])
 
-    io.write_json(paths.train_metrics, summary)
+    io.write_json(paths.train_metrics, {**summary, "model": model, "seed": seed, "config": config_dict(config)})
     run.log_metrics({f"train_{k}": v for k, v in summary.items()})
     run.log_artifacts([paths.history])
-    run.log_keras_model(keras.models.load_model(paths.best))
+    run.log_keras_model(paths.best)
     run.finish()
-    io.write_json(paths.mlflow_run, {"run_id": run.run_id, "experiment": experiment})
-    resume_file.unlink(missing_ok=True)
+    paths.resume_run.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
-    stage.run(main)
+    stage.run("train", main, per_model=True)

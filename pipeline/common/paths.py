@@ -5,7 +5,7 @@ from pathlib import Path
 
 # The workspace this stage runs in. For a queued or --temp DVC experiment that is a copy
 # under <project>/.dvc/tmp/exps/; HOME_ROOT is then the project it was copied from.
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 _EXPS_MARK = "/.dvc/tmp/exps/"
 HOME_ROOT = Path(str(PROJECT_ROOT).split(_EXPS_MARK)[0]) if _EXPS_MARK in str(PROJECT_ROOT) else PROJECT_ROOT
 
@@ -16,22 +16,23 @@ MODEL_METRICS_DIR = METRICS_DIR / "models"
 
 
 class ModelPaths:
-    """The files of one model's stages."""
+    """The files of one model's stages for one training seed."""
 
-    def __init__(self, model: str, root: Path = PROJECT_ROOT):
+    def __init__(self, model: str, seed: int, root: Path = PROJECT_ROOT):
         self.model = model
-        self.dir = root / "models" / model
+        self.seed = seed
+        self.dir = root / "models" / model / f"seed-{seed}"
         self.best = self.dir / "best.keras"
-        self.checkpoint = self.dir / "checkpoint"          # not a DVC out: survives a killed run
-        self.mlflow_run = self.dir / "mlflow_run.json"
-        self.tflite_dir = self.dir / "tflite"
-        metrics = root / "metrics" / "models"
-        self.train_metrics = metrics / f"{model}.train.json"
-        self.eval_metrics = metrics / f"{model}.json"
-        self.tflite_metrics = metrics / f"{model}.tflite.json"
-        self.latency_metrics = metrics / f"{model}.latency.json"
-        self.extras = metrics / model                       # plots, PNGs, per-class figures
         self.history = self.dir / "history.csv"              # written by training, a DVC plot
+        self.checkpoint = self.dir / "checkpoint"          # not a DVC out: survives a killed run
+        self.resume_run = self.dir / "checkpoint-mlflow-run.json"  # not a DVC out either
+        self.tflite_dir = self.dir / "tflite"
+        self.metrics = root / "metrics" / "models" / model / f"seed-{seed}"
+        self.train_metrics = self.metrics / "train.json"
+        self.eval_metrics = self.metrics / "eval.json"
+        self.tflite_metrics = self.metrics / "tflite.json"
+        self.latency_metrics = self.metrics / "latency.json"
+        self.extras = self.metrics                           # plots, PNGs, per-class figures
 
     def tflite(self, variant: str) -> Path:
         return self.tflite_dir / f"{variant}.tflite"

@@ -1,0 +1,1 @@
+"""What every stage script shares: params, paths, errors, MLflow tracking, the entry point."""

@@ -1,0 +1,58 @@
+"""Stage record@<model>-<seed>: complete this execution's MLflow run of the model from its files.
+
+    python -m pipeline.record our_small 42
+
+Runs after the model's other stages whenever one of their outputs changed. The execution's run
+(opened by train when training ran in this execution, else created here) gets everything it
+does not hold yet: params and per-epoch curves (from train.json and history.csv), test metrics,
+TFLite accuracy and sizes, latency and MACs, the confusion matrix, Grad-CAM and the model, and
+a tag naming the run that trained this exact model file. Then it is ended FINISHED.
+"""
+from __future__ import annotations
+
+import json
+
+from lightcnn.data import load_manifest
+from lightcnn.export import VARIANTS
+from pipeline.common import stage, tracking
+from pipeline.common.params import StageParams
+from pipeline.common.paths import PROCESSED_DIR, ModelPaths
+
+
+def _read(path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def main(params: StageParams, model: str, seed: int) -> None:
+    paths = ModelPaths(model, seed)
+    run = tracking.ModelRun.open(model, seed, load_manifest(PROCESSED_DIR))
+    metric_keys, param_keys = run.holds()
+    train = _read(paths.train_metrics)
+    if "train.recipe" not in param_keys and train:
+        run.log_params({"model": model, **tracking.flatten("train", train.get("config", {}))})
+    if "val_accuracy" not in metric_keys:
+        run.log_history(paths.history)
+        run.log_artifacts([paths.history])
+    if "train_best_val_accuracy" not in metric_keys:
+        run.log_metrics({f"train_{k}": v for k, v in train.items() if k not in ("config", "seed")})
+    run.log_metrics({f"test_{k}": v for k, v in _read(paths.eval_metrics).items()})
+    run.log_metrics(tracking.flatten("tflite", _read(paths.tflite_metrics)))
+    latency = _read(paths.latency_metrics)
+    run.log_metrics({"macs": latency.get("macs"), **{
+        f"latency.{variant}.threads{threads}.{stat}": result[stat]
+        for variant in VARIANTS for threads, result in latency.get(variant, {}).items()
+        for stat in ("median_ms", "p90_ms")}})
+    if latency.get("cpu"):
+        run.set_tags({"benchmark_cpu": str(latency["cpu"].get("model_name", latency["cpu"]))})
+    run.log_artifacts([paths.extras / "confusion.png", paths.extras / "gradcam.png",
+                       paths.extras / "per_class_accuracy.json"], "evaluation")
+    run.log_artifacts([paths.tflite(v) for v in VARIANTS], "tflite")
+    if run.created:
+        run.log_keras_model(paths.best)
+    trained_in = run.run_that_trained(paths.best)
+    run.set_tags({tracking.TRAINED_IN_TAG: trained_in or "unknown (trained before tracking, or untracked)"})
+    run.finish()
+
+
+if __name__ == "__main__":
+    stage.run("record", main, per_model=True)
