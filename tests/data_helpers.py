@@ -114,11 +114,15 @@ class RangeServer:
 
     drop_once: url paths whose first GET sends half the file, then closes the connection.
     ignore_range: answer every GET with the whole file (200), as some servers do.
+    content_types: {url path: Content-Type header} (none is sent for other paths).
     requests: (path, Range header or None, status) of every GET, in order.
+    `files` and `content_types` may be changed while the server runs.
     """
 
-    def __init__(self, files: dict[str, bytes], drop_once: set[str] = frozenset(), ignore_range: bool = False):
+    def __init__(self, files: dict[str, bytes], drop_once: set[str] = frozenset(), ignore_range: bool = False,
+                 content_types: dict[str, str] | None = None):
         self.files, self.drop_once, self.ignore_range = dict(files), set(drop_once), ignore_range
+        self.content_types = dict(content_types or {})
         self.requests: list[tuple[str, str | None, int]] = []
         server = self
 
@@ -149,6 +153,8 @@ class RangeServer:
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Accept-Ranges", "none" if server.ignore_range else "bytes")
+                if self.path in server.content_types:
+                    self.send_header("Content-Type", server.content_types[self.path])
                 if status == 206:
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
                 self.end_headers()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -52,8 +53,11 @@ def shard_paths(processed_dir: str | os.PathLike, split: str, manifest: dict | N
 
 # (resolved path, size, mtime_ns) -> sha256 of shards already hashed in this process: a
 # training run builds its datasets more than once, and a shard that did not change since
-# (same size and modification time) is not read through again.
+# (same size and modification time) is not read through again. A file modified in the last
+# few seconds is not cached: a change within the file system's timestamp resolution would
+# keep its mtime (git's "racy clean" problem).
 _VERIFIED_DIGESTS: dict[tuple[str, int, int], str] = {}
+RECENT_CHANGE_NS = 3_000_000_000
 
 
 def verify_shards(processed_dir: str | os.PathLike, splits: Sequence[str] = SPLITS,
@@ -90,7 +94,8 @@ def shard_digest(path: str | os.PathLike) -> str:
     if digest is None:
         with open(path, "rb") as f:
             digest = hashlib.file_digest(f, "sha256").hexdigest()
-        _VERIFIED_DIGESTS[key] = digest
+        if time.time_ns() - stat.st_mtime_ns > RECENT_CHANGE_NS:
+            _VERIFIED_DIGESTS[key] = digest
     return digest
 
 
