@@ -356,7 +356,8 @@ def test_bad_options_are_clear_errors(change, message):
 
 
 def test_unknown_mode_lists_the_choices():
-    with pytest.raises(ValueError, match="unknown mode 'study'; choose one of: corrected, faithful, or pass a ModelOptions"):
+    expected = "unknown mode 'study'; choose one of: corrected, faithful, or pass a ModelOptions"
+    with pytest.raises(ValueError, match=expected):
         build_model("our_small", 10, mode="study")
 
 
