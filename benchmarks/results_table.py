@@ -1,0 +1,127 @@
+"""The README results table, generated from the committed run folders (never typed).
+
+    python benchmarks/results_table.py            # rewrite README.md between the markers
+    python benchmarks/results_table.py --check    # exit 1 if README.md is out of date
+    python benchmarks/results_table.py --print    # print the table only
+
+    # Record a finished run as docs/results/<name>/ (run.json + copies of its metrics files):
+    python benchmarks/results_table.py record --name our_small-study-150ep-2026-12-01 \\
+        --what "our_small, study recipe, all of CIFAR-10" --model our_small --seed 42 \\
+        --metrics-prefix metrics/models/our_small-42 \\
+        --command "dvc exp run -S model=our_small -S train.recipe=study" --wall-seconds 21600 \\
+        --training-data "CIFAR-10, JPEG copy (../shared/data/cifar10-jpeg.tar.gz), 40,000 train / 10,000 val"
+
+The table sits between `<!-- results-table:begin -->` and `<!-- results-table:end -->` in
+README.md; lightcnn/results.py describes the run folders (RUN_FORMAT).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import subprocess
+import sys
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT_ROOT))
+
+from lightcnn import results  # noqa: E402
+
+DEFAULT_README = PROJECT_ROOT / "README.md"
+DEFAULT_RESULTS_DIR = PROJECT_ROOT / "docs" / "results"
+
+
+def _git_commit(workspace: Path) -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(workspace), "rev-parse", "HEAD"], check=True, capture_output=True,
+                             text=True)
+    except (OSError, subprocess.CalledProcessError) as error:
+        raise SystemExit(f"cannot read the git commit of {workspace} ({error}); pass --git-commit") from error
+    return out.stdout.strip()
+
+
+def _params(path: Path, model: str, mode: str | None) -> tuple[dict, str]:
+    """The data and train settings of params.yaml, with the model's own overrides applied."""
+    import yaml
+
+    params = yaml.safe_load(path.read_text())
+    train = dict(params.get("train") or {})
+    train.update({key: value for key, value in ((params.get("per_model") or {}).get(model) or {}).items()
+                  if value is not None})
+    mode = mode or train.get("model_mode")
+    if mode is None:
+        raise SystemExit(f"{path} sets no model_mode for {model} (the recipe's own is used): pass --mode")
+    return {"train": train, "data": params.get("data") or {}, "mode": mode}, mode
+
+
+def record(args: argparse.Namespace) -> None:
+    workspace = Path(args.workspace).resolve()
+    params, mode = _params(workspace / "params.yaml", args.model, args.mode)
+    prefix = workspace / args.metrics_prefix
+    files = {kind: Path(f"{prefix}{suffix}") for kind, suffix in results.METRICS_SUFFIXES.items()}
+    missing = [str(files[kind]) for kind in results.REQUIRED_METRICS if not files[kind].is_file()]
+    if missing:
+        raise SystemExit(f"missing metrics file(s): {', '.join(missing)} (check --metrics-prefix)")
+    data = params["data"]
+    num_classes = args.num_classes or {"cifar10": 10, "cifar100": 100}.get(data.get("dataset"))
+    if num_classes is None:
+        raise SystemExit(f"dataset {data.get('dataset')!r}: pass --num-classes")
+    run = {
+        "name": args.name, "what": args.what, "model": args.model, "mode": mode, "provenance": "measured",
+        "command": args.command, "params": params, "seed": args.seed, "training_data": args.training_data,
+        "dataset": data.get("dataset"), "num_classes": num_classes,
+        "git_commit": args.git_commit or _git_commit(workspace), "cpu": results.cpu_description(),
+        "wall_seconds": args.wall_seconds, "date": args.date or datetime.date.today().isoformat(),
+    }
+    if args.notes:
+        run["notes"] = args.notes
+    folder = results.record_run(args.results_dir, run, {kind: path for kind, path in files.items() if path.is_file()})
+    print(f"recorded {folder}; now run `python benchmarks/results_table.py` and commit both")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--readme", type=Path, default=DEFAULT_README)
+    parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR)
+    parser.add_argument("--check", action="store_true", help="exit 1 if the README's table is out of date")
+    parser.add_argument("--print", action="store_true", help="print the table, change nothing")
+    commands = parser.add_subparsers(dest="command_name")
+    rec = commands.add_parser("record", help="record a finished run as a run folder")
+    rec.add_argument("--name", required=True)
+    rec.add_argument("--what", required=True, help="what the run is, in a few words")
+    rec.add_argument("--model", required=True)
+    rec.add_argument("--seed", type=int, required=True)
+    rec.add_argument("--metrics-prefix", required=True,
+                     help="the metrics files without suffix, relative to --workspace (e.g. metrics/models/our_small)")
+    rec.add_argument("--command", required=True, help="the command that produced the run")
+    rec.add_argument("--training-data", required=True, help="what it trained on, with its source and split sizes")
+    rec.add_argument("--wall-seconds", type=float, default=None)
+    rec.add_argument("--workspace", default=".", help="the workspace the run was made in (params.yaml, git)")
+    rec.add_argument("--mode", choices=results.MODES, default=None, help="default: params' model_mode")
+    rec.add_argument("--num-classes", type=int, default=None)
+    rec.add_argument("--git-commit", default=None)
+    rec.add_argument("--date", default=None, help="ISO date the run finished (default today)")
+    rec.add_argument("--notes", default=None)
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command_name == "record":
+            record(args)
+            return 0
+        if args.print:
+            print(results.render_table(results.load_runs(args.results_dir)), end="")
+            return 0
+        current = results.update_readme(args.readme, args.results_dir, check=args.check)
+    except (ValueError, FileExistsError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.check and not current:
+        print(f"{args.readme}: the results table is out of date; run `python benchmarks/results_table.py` "
+              "and commit the README", file=sys.stderr)
+        return 1
+    print(f"{args.readme}: results table {'up to date' if current else 'rewritten'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
