@@ -4,10 +4,10 @@
     python benchmarks/results_table.py --check    # exit 1 if README.md is out of date
     python benchmarks/results_table.py --print    # print the table only
 
-    # Record a finished run as docs/results/<name>/ (run.json + copies of its metrics files):
+    # Record a finished run as docs/results/<name>/ (run.json + copies of its metrics files
+    # from metrics/models/<model>/seed-<seed>/; settings from its train.json's config):
     python benchmarks/results_table.py record --name our_small-study-150ep-2026-12-01 \\
         --what "our_small, study recipe, all of CIFAR-10" --model our_small --seed 42 \\
-        --metrics-prefix metrics/models/our_small-42 \\
         --command "dvc exp run -S model=our_small -S train.recipe=study" --wall-seconds 21600 \\
         --training-data "CIFAR-10, JPEG copy (../shared/data/cifar10-jpeg.tar.gz), 40,000 train / 10,000 val"
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -40,36 +41,39 @@ def _git_commit(workspace: Path) -> str:
     return out.stdout.strip()
 
 
-def _params(path: Path, model: str, mode: str | None) -> tuple[dict, str]:
-    """The data and train settings of params.yaml, with the model's own overrides applied."""
-    import yaml
-
-    params = yaml.safe_load(path.read_text())
-    train = dict(params.get("train") or {})
-    train.update({key: value for key, value in ((params.get("per_model") or {}).get(model) or {}).items()
-                  if value is not None})
-    mode = mode or train.get("model_mode")
-    if mode is None:
-        raise SystemExit(f"{path} sets no model_mode for {model} (the recipe's own is used): pass --mode")
-    return {"train": train, "data": params.get("data") or {}, "mode": mode}, mode
+# The pipeline's per-run metrics files (metrics/models/<model>/seed-<seed>/) and the kinds
+# lightcnn.results copies them as (<model>.train.json, <model>.json, ...).
+PIPELINE_METRICS_FILES = {"train": "train.json", "eval": "eval.json", "tflite": "tflite.json",
+                          "latency": "latency.json"}
 
 
 def record(args: argparse.Namespace) -> None:
+    import yaml
+
     workspace = Path(args.workspace).resolve()
-    params, mode = _params(workspace / "params.yaml", args.model, args.mode)
-    prefix = workspace / args.metrics_prefix
-    files = {kind: Path(f"{prefix}{suffix}") for kind, suffix in results.METRICS_SUFFIXES.items()}
+    metrics_dir = workspace / (args.metrics_dir or f"metrics/models/{args.model}/seed-{args.seed}")
+    files = {kind: metrics_dir / name for kind, name in PIPELINE_METRICS_FILES.items()}
     missing = [str(files[kind]) for kind in results.REQUIRED_METRICS if not files[kind].is_file()]
     if missing:
-        raise SystemExit(f"missing metrics file(s): {', '.join(missing)} (check --metrics-prefix)")
-    data = params["data"]
+        raise SystemExit(f"missing metrics file(s): {', '.join(missing)} (check --metrics-dir)")
+    train = json.loads(files["train"].read_text())
+    config = train.get("config")  # the effective training settings, model_mode included
+    if not isinstance(config, dict):
+        raise SystemExit(f"{files['train']} has no 'config' (the effective training settings): was it written "
+                         "by this project's train stage?")
+    if train.get("seed", args.seed) != args.seed:
+        raise SystemExit(f"{files['train']} is the run of seed {train['seed']}, not {args.seed}")
+    mode = args.mode or config.get("model_mode")
+    if mode is None:
+        raise SystemExit(f"{files['train']} names no model_mode: pass --mode")
+    data = (yaml.safe_load((workspace / "params.yaml").read_text()) or {}).get("data") or {}
     num_classes = args.num_classes or {"cifar10": 10, "cifar100": 100}.get(data.get("dataset"))
     if num_classes is None:
         raise SystemExit(f"dataset {data.get('dataset')!r}: pass --num-classes")
     run = {
         "name": args.name, "what": args.what, "model": args.model, "mode": mode, "provenance": "measured",
-        "command": args.command, "params": params, "seed": args.seed, "training_data": args.training_data,
-        "dataset": data.get("dataset"), "num_classes": num_classes,
+        "command": args.command, "params": {"train": config, "data": data, "mode": mode}, "seed": args.seed,
+        "training_data": args.training_data, "dataset": data.get("dataset"), "num_classes": num_classes,
         "git_commit": args.git_commit or _git_commit(workspace), "cpu": results.cpu_description(),
         "wall_seconds": args.wall_seconds, "date": args.date or datetime.date.today().isoformat(),
     }
@@ -91,13 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("--what", required=True, help="what the run is, in a few words")
     rec.add_argument("--model", required=True)
     rec.add_argument("--seed", type=int, required=True)
-    rec.add_argument("--metrics-prefix", required=True,
-                     help="the metrics files without suffix, relative to --workspace (e.g. metrics/models/our_small)")
+    rec.add_argument("--metrics-dir", default=None,
+                     help="the run's metrics folder, relative to --workspace (default metrics/models/<model>/seed-<seed>)")
     rec.add_argument("--command", required=True, help="the command that produced the run")
     rec.add_argument("--training-data", required=True, help="what it trained on, with its source and split sizes")
     rec.add_argument("--wall-seconds", type=float, default=None)
     rec.add_argument("--workspace", default=".", help="the workspace the run was made in (params.yaml, git)")
-    rec.add_argument("--mode", choices=results.MODES, default=None, help="default: params' model_mode")
+    rec.add_argument("--mode", choices=results.MODES, default=None, help="default: train.json's config.model_mode")
     rec.add_argument("--num-classes", type=int, default=None)
     rec.add_argument("--git-commit", default=None)
     rec.add_argument("--date", default=None, help="ISO date the run finished (default today)")

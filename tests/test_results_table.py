@@ -167,3 +167,41 @@ def test_the_committed_earlier_run_is_transcribed_with_its_readme_figures():
                               "best_epoch": 28, "epochs": 30, "train_seconds": 68.0 * 60}
     assert run["command"] == "python -m pipeline.compose model=our_small && dvc repro"
     assert run["params"]["train"]["recipe"] == "default" and run["mode"] == "corrected"
+
+
+def test_record_command_copies_a_pipeline_run_into_a_run_folder(tmp_path):
+    workspace = tmp_path / "workspace"
+    metrics = workspace / "metrics" / "models" / "our_small" / "seed-7"
+    metrics.mkdir(parents=True)
+    (workspace / "params.yaml").write_text("data:\n  dataset: cifar10\n  source: ../shared/data/cifar10-jpeg.tar.gz\n")
+    config = {"recipe": "default", "epochs": 2, "optimizer": "adamw", "learning_rate": 0.002, "schedule": "cosine",
+              "model_mode": "corrected", "seed": 7}
+    (metrics / "train.json").write_text(json.dumps({"best_epoch": 2, "best_val_accuracy": 0.31, "epochs_run": 2,
+                                                    "train_seconds": 65.0, "seed": 7, "config": config}))
+    (metrics / "eval.json").write_text(json.dumps({"top1": 0.3, "top5": 0.8}))
+    results_dir = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--results-dir", str(results_dir), "record", "--name", "tiny-run",
+         "--what", "a 2-epoch check", "--model", "our_small", "--seed", "7", "--command", "dvc repro",
+         "--training-data", "CIFAR-10, 100 images", "--workspace", str(workspace), "--git-commit", "abc1234",
+         "--date", "2026-12-01", "--wall-seconds", "80"],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    run = results.load_run(results_dir / "tiny-run")
+    assert run["mode"] == "corrected" and run["params"]["train"] == config and run["seed"] == 7
+    assert run["params"]["data"]["dataset"] == "cifar10" and run["cpu"]["model_name"]
+    assert run["figures"]["test_top1"] == 0.3 and run["figures"]["epochs"] == 2
+    assert sorted(path.name for path in (results_dir / "tiny-run").iterdir()) == \
+        ["our_small.json", "our_small.train.json", "run.json"]
+
+
+def test_the_real_readme_table_is_current(tmp_path):
+    """Checked on a copy: the README's results table is what the committed run folders give."""
+    text = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
+    if results.BEGIN_MARK not in text:
+        pytest.skip("README.md has no results-table markers yet")
+    readme = tmp_path / "README.md"
+    readme.write_text(text, encoding="utf-8")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--check", "--readme", str(readme)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr + "\nrun `python benchmarks/results_table.py` and commit README.md"
