@@ -22,7 +22,6 @@ from typing import Any, Callable
 
 from lightcnn import io
 from lightcnn.export import VARIANTS
-from lightcnn.models.options import MODEL_MODES
 from lightcnn.study import (PUBLISHED_ACCURACY, PUBLISHED_PARAMS, PUBLISHED_PHONE_LATENCY_MS,
                             STUDY_MODELS, STUDY_PROTOCOL, STUDY_RECIPE_SUMMARY, study_dataset_key)
 
@@ -70,7 +69,9 @@ One dict for the whole report: how every run in it was made (JSON-serialisable).
   "litert_version": "2.0.3"                  # optional; else taken from the latency results
 }"""
 
-MODES = tuple(MODEL_MODES)  # "corrected", "faithful"
+# lightcnn.models.options.MODEL_MODES (tested equal), spelled out so the report stage does
+# not depend on the model code.
+MODES = ("corrected", "faithful")
 REQUIRED_RECIPE_KEYS = {"recipe": str, "epochs": int, "optimizer": str, "learning_rate": (int, float),
                         "schedule": str}
 CONTEXT_KEYS = {"dataset", "source", "recipes", "model_modes", "seeds", "git_commit", "git_dirty", "cpu",

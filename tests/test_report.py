@@ -384,3 +384,10 @@ def test_report_from_real_export_and_benchmark_results(tmp_path):
     assert cells["params ours"] == f"{model.count_params():,}"
     assert cells["TFLite MB f32 / f16 / int8"] == \
         f"{len(variants['float32']) / 1e6:.2f} / - / {len(variants['int8']) / 1e6:.2f}"
+
+
+def test_the_report_knows_the_model_modes_the_builder_has():
+    from lightcnn import report, results
+    from lightcnn.models.options import MODEL_MODES
+
+    assert set(report.MODES) == set(results.MODES) == set(MODEL_MODES)
