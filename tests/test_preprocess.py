@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 import tarfile
+import zipfile
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from PIL import Image
 
 from lightcnn.data import DataError, fetch_dataset, preprocess_dataset
 from lightcnn.data.pipeline import read_examples
+from lightcnn.data.preprocess import choose_native_size
 from tests.conftest import CIFAR10_JPEG, PROJECT_ROOT
 from tests.data_helpers import build_class_tree, extract_real_cifar_subset, write_image
 
@@ -210,6 +213,75 @@ def test_a_failed_run_leaves_the_previous_output_untouched(tmp_path):
     assert {p.name: p.read_bytes() for p in (tmp_path / "processed").iterdir()} == before
     assert manifest["num_classes"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["processed", "raw", "tree"]
+
+
+# --------------------------------------------------------------------------- image size of folder datasets
+
+
+def test_a_folder_dataset_of_small_grayscale_images_keeps_their_size(tmp_path):
+    for split, per_class in (("train", 6), ("test", 2)):
+        for name in ("zero", "one"):
+            for i in range(per_class):
+                write_image(tmp_path / "tree" / split / name / f"{i}.png",
+                            RNG.integers(0, 256, (28, 28), dtype=np.uint8))  # mode L, like MNIST
+    fetch_dataset("folder", tmp_path / "raw", source=tmp_path / "tree", **QUIET)
+    manifest = preprocess_dataset(tmp_path / "raw", tmp_path / "processed", **QUIET)
+    assert manifest["image_size"] == [28, 28] and manifest["image_size_reason"] == "all 16 images are 28x28"
+    image, _, path = next(read_examples(tmp_path / "processed", "test"))
+    with Image.open(tmp_path / "tree" / path) as source_image:  # not resized: the gray pixels, as RGB
+        np.testing.assert_array_equal(image, np.stack([np.asarray(source_image)] * 3, axis=-1))
+    # image_size still decides when it is given
+    manifest = preprocess_dataset(tmp_path / "raw", tmp_path / "at20", image_size=20, **QUIET)
+    assert manifest["image_size"] == [20, 20] and manifest["image_size_reason"] == "data.image_size=20"
+    manifest = preprocess_dataset(tmp_path / "raw", tmp_path / "at20x24", image_size=[20, 24], **QUIET)
+    assert manifest["image_size_reason"] == "data.image_size=[20, 24]"
+
+
+@pytest.mark.parametrize("archive_kind", ["zip", "tar.gz"])
+def test_mixed_sizes_in_an_archive_take_the_most_common_one(tmp_path, archive_kind):
+    tree = tmp_path / "tree"
+    build_class_tree(tree, {"alpha": 4, "beta": 4}, test_per_class=2, size=SIZE)  # 12 images of 16x16
+    write_image(tree / "train/alpha/wide.png", RNG.integers(0, 256, (10, 40, 3), dtype=np.uint8))
+    write_image(tree / "train/beta/big.jpg", RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    (tree / "train/beta/notes.jpg").write_text("not an image")
+    write_image(tree / "train/beta/zz_cut.png", RNG.integers(0, 256, (99, 99, 3), dtype=np.uint8))
+    archive = tmp_path / f"dataset.{archive_kind}"
+    if archive_kind == "zip":
+        with zipfile.ZipFile(archive, "w") as zf:
+            for path in sorted(tree.rglob("*")):
+                zf.write(path, "dataset/" + path.relative_to(tree).as_posix())
+    else:
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(tree, arcname="dataset")
+    fetch_dataset("folder", tmp_path / "raw", source=archive, **QUIET)
+    # max_per_class=6 keeps the first 6 train files per class in sorted order: beta's 99x99 zz_cut.png is not used
+    manifest = preprocess_dataset(tmp_path / "raw", tmp_path / "processed", max_per_class=6, **QUIET)
+    assert manifest["image_size"] == [SIZE, SIZE]
+    assert manifest["image_size_reason"] == (
+        "mixed sizes (3 different): the most common, 16x16, has 12 of 14 images; the others are resized to it "
+        "(1 file without a readable image header not counted)")
+    assert {entry["path"] for entry in manifest["skipped"]} == {"train/beta/notes.jpg"}
+
+
+def test_the_native_size_rule():
+    size, reason = choose_native_size(Counter({(28, 28): 1200}))
+    assert size == (28, 28) and reason == "all 1,200 images are 28x28"
+    size, reason = choose_native_size(Counter({(30, 40): 5, (40, 30): 5, (20, 20): 7}))
+    assert size == (20, 20) and "has 7 of 17 images" in reason
+    assert choose_native_size(Counter({(30, 40): 5, (40, 30): 5, (20, 20): 2}))[0] == (40, 30)  # tie: taller
+    assert choose_native_size(Counter({(20, 40): 5, (32, 32): 5}))[0] == (32, 32)  # tie: larger area
+    size, reason = choose_native_size(Counter({(3000, 4000): 50}))
+    assert size == (224, 224) and reason == ("all 50 images are 3000x4000, larger than 512 px on a side: resized "
+                                             "to the default 224x224 (set data.image_size to choose)")
+    size, reason = choose_native_size(Counter(), unreadable=3)
+    assert size == (224, 224) and reason.startswith("no image header could be read")
+
+
+def test_real_cifar_jpegs_as_a_folder_dataset_stay_32x32(shared_data, tmp_path):
+    extract_real_cifar_subset(CIFAR10_JPEG, tmp_path / "tree", per_class=2)
+    fetch_dataset("folder", tmp_path / "raw", source=tmp_path / "tree", **QUIET)
+    manifest = preprocess_dataset(tmp_path / "raw", tmp_path / "processed", **QUIET)
+    assert manifest["image_size"] == [32, 32] and manifest["image_size_reason"] == "all 40 images are 32x32"
 
 
 @pytest.mark.parametrize("params, message", [

@@ -221,7 +221,7 @@ def choose_native_size(sizes: Counter, unreadable: int = 0) -> tuple[tuple[int, 
         reason = (f"mixed sizes ({len(sizes)} different): the most common, {height}x{width}, has {n:,} of "
                   f"{total:,} images; the others are resized to it")
     if unreadable:
-        reason += f" ({unreadable:,} files without a readable image header not counted)"
+        reason += f" ({unreadable:,} file{'' if unreadable == 1 else 's'} without a readable image header not counted)"
     if max(height, width) > MAX_NATIVE_SIDE:
         return (default, default), (f"{reason}, larger than {MAX_NATIVE_SIDE} px on a side: resized to the "
                                     f"default {default}x{default} (set data.image_size to choose)")
