@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("--model", required=True)
     rec.add_argument("--seed", type=int, required=True)
     rec.add_argument("--metrics-dir", default=None,
-                     help="the run's metrics folder, relative to --workspace (default metrics/models/<model>/seed-<seed>)")
+                     help="the run's metrics folder, relative to --workspace "
+                          "(default metrics/models/<model>/seed-<seed>)")
     rec.add_argument("--command", required=True, help="the command that produced the run")
     rec.add_argument("--training-data", required=True, help="what it trained on, with its source and split sizes")
     rec.add_argument("--wall-seconds", type=float, default=None)

@@ -252,7 +252,8 @@ def aggregate_runs(runs: list[dict]) -> dict:
     latency = {}
     for variant in variants:
         threads = sorted({t for run in runs for t in run["latency"].get(variant, {})}, key=int)
-        latency[variant] = {t: {stat: _cell(runs, _dig("latency", variant, t, stat)) for stat in ("median_ms", "p90_ms")}
+        latency[variant] = {t: {stat: _cell(runs, _dig("latency", variant, t, stat))
+                                for stat in ("median_ms", "p90_ms")}
                             for t in threads}
     litert = sorted({result["litert_version"] for run in runs for by_threads in run["latency"].values()
                      for result in by_threads.values() if result.get("litert_version")})

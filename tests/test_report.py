@@ -257,7 +257,8 @@ def test_the_plot_never_puts_cpu_and_phone_milliseconds_on_one_axis(three_seeds)
                                           for row in run["rows"]))
     # The study: its phone milliseconds only, and none of ours.
     study_x = sorted(float(x) for collection in study_ax.collections for x, _ in collection.get_offsets())
-    assert study_x == pytest.approx(sorted(PUBLISHED_PHONE_LATENCY_MS["cifar10"][m] for m in ("our_small", "our_large")))
+    published_phone_ms = PUBLISHED_PHONE_LATENCY_MS["cifar10"]
+    assert study_x == pytest.approx(sorted(published_phone_ms[m] for m in ("our_small", "our_large")))
     assert not [c for c in study_ax.containers if isinstance(c, ErrorbarContainer)]
 
 
