@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 
-from lightcnn.data import load_manifest
+from lightcnn.data import describe_source, load_manifest
 from lightcnn.report import build_comparison
-from pipeline.common import stage
+from pipeline.common import stage, tracking
 from pipeline.common.params import StageParams
 from pipeline.common.paths import METRICS_DIR, PROCESSED_DIR, ModelPaths
 
@@ -36,11 +36,30 @@ def model_metrics(model: str, seed: int, dataset: str, num_classes: int) -> dict
     }
 
 
+def report_context(manifest: dict, seeds: list[int], metrics: list[dict]) -> dict:
+    """How the runs were made: the header above each table (lightcnn.report.CONTEXT_FORMAT)."""
+    configs: dict[str, dict] = {}
+    for run in sorted(metrics, key=lambda run: run["seed"]):  # the seeds of one model differ in seed only
+        configs.setdefault(run["model"], {k: v for k, v in run["config"].items() if k != "seed"})
+    first = metrics[0]
+    cpu = json.loads(ModelPaths(first["model"], first["seed"]).latency_metrics.read_text())["cpu"]
+    return {
+        "dataset": manifest["dataset"],
+        "source": describe_source(manifest),
+        "recipes": configs,
+        "model_modes": {model: config.get("model_mode", "corrected") for model, config in configs.items()},
+        "seeds": list(seeds),
+        "git_commit": tracking.source_tags()["git_commit"],
+        "cpu": f"{cpu['model_name']} ({cpu['logical_cores']} logical cores)",
+    }
+
+
 def main(params: StageParams) -> None:
     manifest = load_manifest(PROCESSED_DIR)
     metrics = [model_metrics(model, seed, manifest["dataset"], manifest["num_classes"])
                for model in params["model.selected"] for seed in params["train.seeds"]]
-    build_comparison(metrics, METRICS_DIR)
+    seeds = params["train.seeds"]
+    build_comparison(metrics, METRICS_DIR, context=report_context(manifest, seeds, metrics))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,162 @@
+"""The one schema of params.yaml (pipeline/common/settings.py) and conf/ that declares its keys.
+
+Every key that `dvc exp run -S` may set is declared in conf/ (Hydra refuses the others
+without `+`), and the schema refuses anything else with the key's name and the valid ones.
+"""
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+from dvc.utils.hydra import compose_and_dump
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from lightcnn.models import MODEL_NAMES
+from pipeline.common.params import ParamsError, StageParams, load_params, validate
+from pipeline.common.settings import Params, PerModelSettings, TrainSettings
+from tests.conftest import PROJECT_ROOT
+
+
+def compose(tmp_path, overrides: list[str]) -> dict:
+    out = tmp_path / "params.yaml"
+    compose_and_dump(out, str(PROJECT_ROOT / "conf"), None, "config", str(PROJECT_ROOT), overrides)
+    return yaml.safe_load(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def good() -> dict:
+    return load_params(PROJECT_ROOT / "params.yaml")
+
+
+def broken(good: dict, dotted: str, value) -> dict:
+    params = copy.deepcopy(good)
+    *parents, last = dotted.split(".")
+    node = params
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    return params
+
+
+def schema_keys(model) -> set[str]:
+    return set(model.model_fields)
+
+
+def test_conf_declares_exactly_the_schema_keys(tmp_path):
+    params = compose(tmp_path, [])
+    assert set(params) == schema_keys(Params)
+    assert set(params["train"]) == schema_keys(TrainSettings)
+    assert set(params["per_model"]) == set(MODEL_NAMES)
+    for model in MODEL_NAMES:
+        assert set(params["per_model"][model]) == schema_keys(PerModelSettings), model
+    for section in ("data", "export", "benchmark", "report", "model"):
+        assert set(params[section]) == schema_keys(Params.model_fields[section].annotation), section
+
+
+def test_params_yaml_is_the_composition_of_conf(tmp_path):
+    """params.yaml must be what `dvc exp run` would compose from conf/ (else edits are lost)."""
+    assert compose(tmp_path, []) == yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+
+
+def test_a_per_model_key_is_set_without_plus_and_only_for_that_model(tmp_path):
+    params = compose(tmp_path, ["per_model.our_small.learning_rate=0.002", "per_model.our_large.epochs=3"])
+    validate(params)
+    assert params["per_model"]["our_small"]["learning_rate"] == 0.002
+    assert params["per_model"]["our_large"]["epochs"] == 3
+    assert params["per_model"]["mobilenetv3_small"]["learning_rate"] is None
+    assert params["per_model"]["our_small"]["epochs"] is None
+
+
+def test_hydra_refuses_a_misspelled_key(tmp_path):
+    with pytest.raises(Exception, match="epoch"):
+        compose(tmp_path, ["train.epoch=5"])
+
+
+@pytest.mark.parametrize("dotted, value, expected", [
+    ("model.selected", ["resnet"], "model.selected.0: must be one of"),
+    ("model.selected", [], "model.selected"),
+    ("data.dataset", "imagenet", "data.dataset: must be one of"),
+    ("data.val_fraction", 1.5, "data.val_fraction"),
+    ("train.recipe", "fast", "recipe"),
+    ("train.epochs", 0, "epochs"),
+    ("train.batch_size", -1, "batch_size"),
+    ("train.seeds", [], "train.seeds"),
+    ("train.seeds", [1, "two"], "train.seeds.1"),
+    ("per_model.our_small.epochs", -1, "per_model.our_small"),
+    ("per_model.our_small.attention", "transformer", "attention"),
+    ("benchmark.runs", 10, "benchmark.runs"),
+    ("benchmark.threads", [0], "benchmark.threads.0"),
+    ("export.representative_images", "many", "export.representative_images"),
+])
+def test_bad_values_fail_naming_their_key(good, dotted, value, expected):
+    with pytest.raises(ParamsError) as info:
+        validate(broken(good, dotted, value))
+    assert expected in str(info.value)
+
+
+def test_misspelled_keys_are_named_with_a_suggestion_and_the_valid_ones(good):
+    params = copy.deepcopy(good)
+    params["train"]["epoch"] = params["train"].pop("epochs")
+    params["per_model"]["our_small"]["lerning_rate"] = 0.1
+    params["trian"] = {}
+    with pytest.raises(ParamsError) as info:
+        validate(params)
+    message = str(info.value)
+    assert "train.epoch: unknown key (did you mean 'epochs'?); allowed: recipe, seeds, epochs" in message
+    assert "per_model.our_small.lerning_rate: unknown key (did you mean 'learning_rate'?)" in message
+    assert "trian: unknown key (did you mean 'train'?)" in message
+
+
+def test_every_problem_is_reported_at_once(good):
+    params = broken(broken(good, "data.dataset", "mnist"), "train.batch_size", -1)
+    with pytest.raises(ParamsError) as info:
+        validate(params)
+    assert "data.dataset" in str(info.value) and "batch_size" in str(info.value)
+
+
+LEAVES = [("model", "selected")] + [(section, key) for section in ("data", "train", "export", "benchmark", "report")
+                                    for key in Params.model_fields[section].annotation.model_fields]
+JUNK = st.one_of(st.text(max_size=8), st.floats(allow_nan=True), st.integers(-10**6, 10**6), st.booleans(),
+                 st.none(), st.lists(st.integers(-3, 3), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(leaf=st.sampled_from(LEAVES), value=JUNK)
+def test_any_junk_value_is_refused_by_name_or_accepted_never_a_traceback(good, leaf, value):
+    """Property: a generated value for any key either validates or fails as a ParamsError naming the key."""
+    section, key = leaf
+    params = broken(good, f"{section}.{key}", value)
+    try:
+        validate(params)
+    except ParamsError as exc:
+        assert f"{section}.{key}" in str(exc) or section == "train" and key in str(exc), str(exc)
+
+
+def test_stage_params_refuse_a_key_the_stage_does_not_declare(good):
+    view = StageParams("benchmark@our_small-42", good, {"benchmark": {"threads": [1], "warmup": 1, "runs": 200}})
+    assert view["benchmark.threads"] == good["benchmark"]["threads"]
+    assert view["benchmark"] == good["benchmark"]
+    with pytest.raises(ParamsError, match=r"reads 'train.epochs', which its `params:` in dvc.yaml does not declare"):
+        view["train.epochs"]
+    partial = StageParams("report", good, {"model": {"selected": []}, "train": {"seeds": [42]}})
+    assert partial["train.seeds"] == good["train"]["seeds"]
+    with pytest.raises(ParamsError, match="does not declare"):
+        partial["train"]  # the whole section holds keys the stage did not declare
+
+
+def test_a_stage_fails_fast_on_bad_params(tmp_path):
+    """A stage validates before any work: one clear message on stderr, no traceback, exit 2."""
+    for package in ("pipeline", "lightcnn"):
+        shutil.copytree(PROJECT_ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    params["train"]["batch_size"] = 0
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = subprocess.run([sys.executable, "-m", "pipeline.train", "our_small", "42"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "train.batch_size" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "models").exists()  # nothing was started
