@@ -78,7 +78,7 @@ def download_file(
     part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.exists():
-        if md5 is None and not looks_like_html(dest.read_bytes()[:HTML_SNIFF_BYTES]):
+        if md5 is None and not looks_like_html(_first_bytes(dest)):
             return dest
         if md5 is not None and file_digest(dest, "md5") == md5.lower():
             return dest
@@ -169,6 +169,11 @@ def looks_like_html(data: bytes) -> bool:
     """Whether bytes start like an HTML page (no archive or image format does)."""
     start = data[:HTML_SNIFF_BYTES].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
     return start.startswith(_HTML_STARTS)
+
+
+def _first_bytes(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(HTML_SNIFF_BYTES)
 
 
 def html_page_message(url: str, evidence: str) -> str:
