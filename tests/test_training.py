@@ -3,7 +3,6 @@ images (outputs, determinism, resume after SIGKILL, fresh start on changed setti
 from __future__ import annotations
 
 import csv
-import dataclasses
 import functools
 import io
 import math
@@ -274,7 +273,7 @@ def test_train_model_writes_best_model_history_and_checkpoint(uninterrupted):
 
     # lr after epoch 1 (step 8 of 16; warm-up 4 steps, then 12 of cosine) and at the end (0).
     lr = [float(row["lr"]) for row in history]
-    assert lr[0] == pytest.approx(CONFIG.learning_rate * 0.5 * (1 + math.cos(math.pi * 4 / 12)))
+    assert lr[0] == pytest.approx(CONFIG.peak_learning_rate * 0.5 * (1 + math.cos(math.pi * 4 / 12)))
     assert lr[1] == pytest.approx(0.0, abs=1e-9)
     # The caller's callbacks got the same epochs, with lr in the logs.
     assert epoch_log.epochs == [0, 1]
@@ -309,7 +308,7 @@ def test_killed_run_resumes_from_its_last_epoch_and_ends_as_an_uninterrupted_run
     history_before = read_history(out_dir)
     assert [int(row["epoch"]) for row in history_before] == [1]
     assert checkpoint_epoch(out_dir, CONFIG) == 1
-    assert checkpoint_epoch(out_dir, dataclasses.replace(CONFIG, seed=1)) == 0
+    assert checkpoint_epoch(out_dir, CONFIG.model_copy(update={"seed": 1})) == 0
     # DVC deletes a stage's outputs before running it again: resume must bring them back.
     (out_dir / "best.keras").unlink()
     (out_dir / "history.csv").unlink()
