@@ -1,29 +1,19 @@
-"""Single-image latency of TFLite models in LiteRT, and multiply-accumulate counts of Keras models."""
+"""Single-image latency of one TFLite model in LiteRT (a quick look), and multiply-accumulate counts.
+
+Comparisons between models or variants take their figures from
+lightcnn.latency.interleaved_latency, which times them all in one process, interleaved.
+"""
 from __future__ import annotations
 
-import importlib.metadata
 import os
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
 
 from lightcnn.export import TFLiteModel
+from lightcnn.latency import cpu_info, litert_version, summarise
 
-
-def cpu_info() -> dict:
-    """{"model_name": the CPU's model name, "logical_cores": count} of this machine."""
-    model_name = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                model_name = line.split(":", 1)[1].strip()
-                break
-    except OSError:  # not Linux
-        pass
-    return {"model_name": model_name or platform.processor() or platform.machine() or "unknown",
-            "logical_cores": os.cpu_count() or 0}
+__all__ = ["count_macs", "cpu_info", "latency"]
 
 
 def latency(tflite_model: str | os.PathLike | bytes, threads: int, warmup: int = 20,
@@ -33,8 +23,10 @@ def latency(tflite_model: str | os.PathLike | bytes, threads: int, warmup: int =
     The same random image (of the model's input type) is loaded once; each run times one
     `invoke()`. LiteRT's default XNNPACK delegate stays on, as in TFLite's benchmark_model;
     `xnnpack` in the result says whether it was applied to the graph.
-    Returns median_ms, p90_ms, mean_ms, min_ms, max_ms, runs, warmup, threads, xnnpack,
-    input_dtype, litert_version, cpu and logical_cores.
+    Returns median_ms, p90_ms, ci95_low_ms, ci95_high_ms (bootstrap interval of the median),
+    mean_ms, min_ms, max_ms, runs, warmup, threads, xnnpack, input_dtype, litert_version, cpu,
+    vector_extensions and logical_cores. One model timed alone: to compare models or
+    variants use lightcnn.latency.interleaved_latency.
     """
     for name, value, smallest in (("threads", threads, 1), ("runs", runs, 1), ("warmup", warmup, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < smallest:
@@ -51,18 +43,14 @@ def latency(tflite_model: str | os.PathLike | bytes, threads: int, warmup: int =
         times_ms[i] = (time.perf_counter_ns() - start) / 1e6
     cpu = cpu_info()
     return {
-        "median_ms": float(np.median(times_ms)),
-        "p90_ms": float(np.percentile(times_ms, 90)),
-        "mean_ms": float(times_ms.mean()),
-        "min_ms": float(times_ms.min()),
-        "max_ms": float(times_ms.max()),
-        "runs": runs,
+        **summarise(times_ms, seed),
         "warmup": warmup,
         "threads": threads,
         "xnnpack": model.xnnpack_applied,
         "input_dtype": model.input_dtype.name,
-        "litert_version": importlib.metadata.version("ai-edge-litert"),
+        "litert_version": litert_version(),
         "cpu": cpu["model_name"],
+        "vector_extensions": cpu["vector_extensions"],
         "logical_cores": cpu["logical_cores"],
     }
 

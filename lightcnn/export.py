@@ -10,18 +10,32 @@ and phone benchmarks measure, and it gives LiteRT static shapes throughout.
 `from_concrete_functions` on a Keras 3 model is not used: it leaves the weights as resource
 variables that the LiteRT calibrator cannot read.
 
+Before conversion the model is made lean (`lean_inference_model`, on a clone; the model
+passed in is not changed): stochastic depth at inference is `x + p * f(x)`, and where the
+branch f ends in BatchNorm -> ReLU, p * relu(bn(z)) = relu(p * bn(z)), so p goes into the
+BatchNorm's gamma and beta (which the converter folds into the convolution) and the
+multiply disappears. A hard-swish branch cannot take p that way (hard-swish does not
+commute with a scale): in float variants the multiply stays; in int8 hard-swish is written
+out (see below) and p goes into its constant, exactly.
+
 Variants:
 - "float32": plain conversion; BatchNorm is folded into the preceding convolutions.
 - "float16": weights stored as float16, float32 inputs and outputs.
-- "int8": full-integer quantisation calibrated on representative training images;
-  uint8 input (the image pixels) and uint8 output (the probabilities).
+- "int8": full-integer quantisation calibrated on representative training images, as
+  `Int8Recipe` says. The default: signed int8 input (the image pixels) and output (the
+  probabilities), per-channel weights, and hard-swish written as relu6(x + 3) * (x / 6):
+  LiteRT's XNNPACK delegate runs ADD, RELU6 and MUL in int8 but not an int8 HARD_SWISH, which
+  would fall back to LiteRT's reference kernel and cut the graph into one XNNPACK partition
+  per hard-swish (measured: int8 then ran slower than float32).
 """
 from __future__ import annotations
 
 import os
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -40,6 +54,151 @@ def write_tflite(path: str | os.PathLike, tflite_bytes: bytes) -> Path:
                          "(no 'TFL3' identifier); pass the bytes returned by convert()")
     io.write_bytes(path, tflite_bytes)
     return Path(path)
+
+
+# ----------------------------------------------------------------------------- lean inference graph
+
+HARD_SWISH_FORMS = ("fused", "decomposed")
+
+
+@dataclass(frozen=True)
+class Int8Recipe:
+    """How the "int8" variant is quantised; the defaults are the fastest found that keep accuracy.
+
+    io_dtype: "int8" (signed, what XNNPACK takes directly) or "uint8" input and output; with
+        uint8 LiteRT adds a QUANTIZE op at each end to convert to int8.
+    per_channel: per-channel weight scales (the converter's default) or one scale per tensor.
+    hard_swish: "decomposed" writes hard-swish as relu6(x + 3) * (x / 6) (ADD with fused
+        RELU6, MUL, MUL: all run by XNNPACK in int8); "fused" keeps the converter's single
+        HARD_SWISH op, which XNNPACK does not run in int8.
+    fold_stochastic_depth: fold each residual's survival probability into the branch (see
+        lean_inference_model); False keeps the multiply.
+    """
+
+    io_dtype: Literal["int8", "uint8"] = "int8"
+    per_channel: bool = True
+    hard_swish: Literal["fused", "decomposed"] = "decomposed"
+    fold_stochastic_depth: bool = True
+
+    def __post_init__(self) -> None:
+        if self.io_dtype not in ("int8", "uint8"):
+            raise ValueError(f"Int8Recipe.io_dtype must be 'int8' or 'uint8', got {self.io_dtype!r}")
+        if self.hard_swish not in HARD_SWISH_FORMS:
+            raise ValueError(f"Int8Recipe.hard_swish must be one of {HARD_SWISH_FORMS}, got {self.hard_swish!r}")
+        for name in ("per_channel", "fold_stochastic_depth"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"Int8Recipe.{name} must be True or False, got {getattr(self, name)!r}")
+
+
+def _activation_name(layer) -> str | None:
+    """The activation of a Keras Activation layer by name ("relu", "hard_silu"), else None."""
+    import keras
+
+    if not isinstance(layer, keras.layers.Activation):
+        return None
+    name = layer.get_config().get("activation")
+    return {"hard_swish": "hard_silu"}.get(name, name) if isinstance(name, str) else None
+
+
+def _single_producer(tensor):
+    """The layer that produced a functional-graph tensor."""
+    return tensor._keras_history.operation
+
+
+def _only_consumer_is(layer, consumer) -> bool:
+    """Whether `layer` is called once and its output feeds `consumer` only (so rescaling it is safe)."""
+    return (len(layer._inbound_nodes) == 1 and len(layer._outbound_nodes) == 1
+            and layer._outbound_nodes[0].operation is consumer)
+
+
+def _stochastic_depth_folds(model, hard_swish: str) -> tuple[dict, dict]:
+    """Plan the fold of every foldable StochasticDepth of a functional model.
+
+    Returns ({StochasticDepth layer name: survival p}, {BatchNormalization name: p}):
+    the first lists the residual adds that become plain adds, the second the BatchNorms
+    whose gamma and beta take p (ReLU branches); a hard-swish branch is folded only when
+    hard_swish="decomposed" (p then goes into hard-swish's x / 6 constant).
+    """
+    import keras
+
+    from lightcnn.models import StochasticDepth
+
+    adds, batchnorms = {}, {}
+    for layer in model.layers:
+        if not isinstance(layer, StochasticDepth) or len(layer._inbound_nodes) != 1:
+            continue
+        residual = layer._inbound_nodes[0].input_tensors[1]
+        branch_end = _single_producer(residual)
+        activation = _activation_name(branch_end)
+        if activation is None or not _only_consumer_is(branch_end, layer):
+            continue
+        if activation == "relu":
+            batchnorm = _single_producer(branch_end._inbound_nodes[0].input_tensors[0])
+            if (isinstance(batchnorm, keras.layers.BatchNormalization) and batchnorm.center and batchnorm.scale
+                    and _only_consumer_is(batchnorm, branch_end)):
+                adds[layer.name] = batchnorms[batchnorm.name] = layer.survival_probability
+        elif activation == "hard_silu" and hard_swish == "decomposed":
+            adds[layer.name] = layer.survival_probability
+    return adds, batchnorms
+
+
+def lean_inference_model(model, hard_swish: str = "fused", fold_stochastic_depth: bool = True):
+    """An inference-only clone of a functional Keras model, with exact rewrites for a leaner TFLite graph.
+
+    - fold_stochastic_depth: every StochasticDepth residual `x + p * f(x)` whose branch ends
+      in BatchNorm -> ReLU becomes `x + f'(x)` with the BatchNorm's gamma and beta times p
+      (p * relu(z) = relu(p * z) for p > 0); with hard_swish="decomposed" also those ending
+      in hard-swish (p goes into the x / 6 constant below). Others keep their multiply.
+    - hard_swish="decomposed": every hard-swish Activation becomes relu6(x + 3) * (x / 6),
+      which the converter keeps as ADD (fused RELU6), MUL, MUL instead of one HARD_SWISH
+      op; equal in real arithmetic, and what XNNPACK runs in int8. "fused" leaves it.
+
+    The outputs equal the model's at inference up to float rounding. The clone has its own
+    layers with copies of the model's weights (the model is left unchanged); it is for
+    export, not training.
+    """
+    import keras
+    from keras import ops
+
+    if hard_swish not in HARD_SWISH_FORMS:
+        raise ValueError(f"hard_swish must be one of {HARD_SWISH_FORMS}, got {hard_swish!r}")
+    if not isinstance(model, keras.Model) or not hasattr(model, "_nodes_by_depth") or isinstance(
+            model, keras.Sequential):
+        raise ValueError(f"lean_inference_model needs a functional Keras model, got {type(model).__name__}")
+    adds, batchnorms = _stochastic_depth_folds(model, hard_swish) if fold_stochastic_depth else ({}, {})
+    # The branch-ending hard-swish of each folded add, and the p it takes.
+    hard_swish_scale = {}
+    for layer in model.layers:
+        if layer.name in adds and _activation_name(_single_producer(layer._inbound_nodes[0].input_tensors[1])) \
+                == "hard_silu":
+            hard_swish_scale[_single_producer(layer._inbound_nodes[0].input_tensors[1]).name] = adds[layer.name]
+
+    def clone_layer(layer):
+        # Fresh layers (weights copied below): sharing the model's own would add call nodes to
+        # them, and the model's graph must stay as it was.
+        return layer.__class__.from_config(layer.get_config())
+
+    def call_layer(layer, *args, **kwargs):
+        if layer.name in adds:
+            shortcut, residual = args[0]
+            return ops.add(shortcut, residual)
+        if hard_swish == "decomposed" and _activation_name(layer) == "hard_silu":
+            (x,) = args
+            scale = hard_swish_scale.get(layer.name, 1.0)
+            return ops.relu6(x + 3.0) * (x * (scale / 6.0))
+        return layer(*args, **kwargs)
+
+    lean = keras.models.clone_model(model, clone_function=clone_layer, call_function=call_layer)
+    for layer in model.layers:
+        weights = layer.get_weights()
+        if not weights:
+            continue
+        if layer.name in batchnorms:
+            gamma, beta, moving_mean, moving_variance = weights
+            survival = batchnorms[layer.name]
+            weights = [gamma * survival, beta * survival, moving_mean, moving_variance]
+        lean.get_layer(layer.name).set_weights(weights)
+    return lean
 
 
 def _model_image_shape(model) -> tuple[int, int, int]:
@@ -67,26 +226,43 @@ def _check_images(images: np.ndarray, image_shape: tuple[int, ...], what: str) -
     return images
 
 
-def convert(model, variant: str, representative_images: np.ndarray | None = None) -> bytes:
+def convert(model, variant: str, representative_images: np.ndarray | None = None, *, lean: bool = True,
+            int8_recipe: Int8Recipe = Int8Recipe()) -> bytes:
     """Convert a Keras model to a TFLite flatbuffer with a batch-1 input.
 
     `representative_images` (N, H, W, 3) float32 in [0, 1], drawn from the training split, is
     required for "int8" and ignored otherwise. All N images are used for calibration.
+    lean: apply lean_inference_model's stochastic-depth fold to the float variants (exact).
+    int8_recipe: how "int8" is quantised and rewritten (Int8Recipe; the default is the
+    fastest found that keeps accuracy).
     """
-    return convert_variants(model, (variant,), representative_images)[variant]
+    return convert_variants(model, (variant,), representative_images, lean=lean, int8_recipe=int8_recipe)[variant]
+
+
+def _export_saved_model(model, directory: str, image_shape: tuple[int, int, int]) -> str:
+    import tensorflow as tf
+
+    signature = [tf.TensorSpec((1, *image_shape), tf.float32, name="images")]
+    model.export(directory, format="tf_saved_model", input_signature=signature, verbose=False)
+    return directory
 
 
 def convert_variants(model, variants: Sequence[str] = VARIANTS,
-                     representative_images: np.ndarray | None = None) -> dict[str, bytes]:
-    """Convert a Keras model to several TFLite variants, exporting the SavedModel only once.
+                     representative_images: np.ndarray | None = None, *, lean: bool = True,
+                     int8_recipe: Int8Recipe = Int8Recipe()) -> dict[str, bytes]:
+    """Convert a Keras model to several TFLite variants, exporting each SavedModel only once.
 
-    Returns {variant: flatbuffer bytes}; see convert() for the arguments.
+    Returns {variant: flatbuffer bytes}; see convert() for the arguments. The float variants
+    share one export (of lean_inference_model(model) when `lean`), int8 has its own (of the
+    graph its recipe asks for).
     """
     import tensorflow as tf  # imported here: running .tflite files needs no TensorFlow
 
     unknown = [variant for variant in variants if variant not in VARIANTS]
     if unknown or not variants:
         raise ValueError(f"unknown TFLite variants {unknown or variants!r}; choose from {VARIANTS}")
+    if not isinstance(int8_recipe, Int8Recipe):
+        raise ValueError(f"int8_recipe must be an Int8Recipe, got {type(int8_recipe).__name__}")
     image_shape = _model_image_shape(model)
     if "int8" in variants:
         if representative_images is None:
@@ -103,23 +279,31 @@ def convert_variants(model, variants: Sequence[str] = VARIANTS,
 
     converted = {}
     with tempfile.TemporaryDirectory(prefix="lightcnn-export-") as tmp_dir:
-        saved_model_dir = os.path.join(tmp_dir, "saved_model")
-        signature = [tf.TensorSpec((1, *image_shape), tf.float32, name="images")]
-        model.export(saved_model_dir, format="tf_saved_model", input_signature=signature, verbose=False)
-        for variant in variants:
+        float_variants = [variant for variant in variants if variant != "int8"]
+        if float_variants:
+            float_model = lean_inference_model(model) if lean else model
+            saved_model_dir = _export_saved_model(float_model, os.path.join(tmp_dir, "float"), image_shape)
+            for variant in float_variants:
+                converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
+                if variant == "float16":
+                    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+                    converter.target_spec.supported_types = [tf.float16]
+                converted[variant] = converter.convert()
+        if "int8" in variants:
+            recipe = int8_recipe
+            int8_model = lean_inference_model(model, recipe.hard_swish, recipe.fold_stochastic_depth)
+            saved_model_dir = _export_saved_model(int8_model, os.path.join(tmp_dir, "int8"), image_shape)
             converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
-            if variant == "float16":
-                converter.optimizations = [tf.lite.Optimize.DEFAULT]
-                converter.target_spec.supported_types = [tf.float16]
-            elif variant == "int8":
-                converter.optimizations = [tf.lite.Optimize.DEFAULT]
-                converter.representative_dataset = representative_dataset
-                # Integer-only kernels: conversion fails rather than silently keeping float ops.
-                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-                converter.inference_input_type = tf.uint8
-                converter.inference_output_type = tf.uint8
-            converted[variant] = converter.convert()
-    return converted
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = representative_dataset
+            # Integer-only kernels: conversion fails rather than silently keeping float ops.
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            io_type = tf.int8 if recipe.io_dtype == "int8" else tf.uint8
+            converter.inference_input_type = converter.inference_output_type = io_type
+            # A private switch of the converter (no public one exists); per-channel is its default.
+            converter._experimental_disable_per_channel = not recipe.per_channel
+            converted["int8"] = converter.convert()
+    return {variant: converted[variant] for variant in variants}
 
 
 class TFLiteModel:
