@@ -1,0 +1,204 @@
+"""LiteRT latency of the four models' TFLite variants, interleaved in one process (not a test).
+
+Converts each model (lightcnn.export.convert_variants: float32, float16, int8), times every
+model and variant at each thread count with lightcnn.latency.interleaved_latency, profiles
+each variant op by op (lightcnn.profiling.op_profile), and with --levers also times the
+int8 recipes tried on the way to the default (uint8 edges, the fused hard-swish, no
+stochastic-depth fold, per-tensor weights) and float32 without the fold, all in the same
+interleaved run so that their ratios are fair.
+
+    python benchmarks/bench_latency.py [--keras-dir DIR] [--threads 1 2] [--rounds 40]
+        [--runs-per-round 10] [--levers] [--accuracy-images 2000]
+
+Models: DIR/<model>.keras if given, else the pipeline's models/<model>/seed-<seed>/best.keras
+if present, else freshly built (random weights, BatchNorm statistics set on real images):
+fine for latency, and then no accuracy is reported. int8 is calibrated on 200 training
+images of ../shared/data/cifar10-jpeg.tar.gz; accuracy (trained models only) is top-1 on
+the first --accuracy-images test images. Writes benchmarks/results/latency.{json,md} and
+op_profiles.{json,md} (git-ignored) and prints the Markdown. The load average is recorded:
+the machine may be shared, which interleaving keeps fair for ratios but not for absolute ms.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT_ROOT))
+
+import numpy as np  # noqa: E402
+
+RESULTS_DIR = PROJECT_ROOT / "benchmarks" / "results"
+DEFAULT_ARCHIVE = Path(os.environ.get("LIGHTCNN_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data")) \
+    / "cifar10-jpeg.tar.gz"
+MODELS = ("mobilenetv3_large", "mobilenetv3_small", "our_large", "our_small")  # lightcnn.models.MODEL_NAMES
+PAIRS = {"our_large": "mobilenetv3_large", "our_small": "mobilenetv3_small"}
+
+
+def int8_levers():
+    """The int8 recipes measured besides the default, by name: each changes one thing back."""
+    from lightcnn.export import Int8Recipe
+
+    return {
+        "int8 as before (uint8 edges, fused hard-swish, no fold)": Int8Recipe(
+            io_dtype="uint8", hard_swish="fused", fold_stochastic_depth=False),
+        "int8 signed edges only": Int8Recipe(hard_swish="fused", fold_stochastic_depth=False),
+        "int8 default, uint8 edges": Int8Recipe(io_dtype="uint8"),
+        "int8 default, fused hard-swish": Int8Recipe(hard_swish="fused"),
+        "int8 default, no fold": Int8Recipe(fold_stochastic_depth=False),
+        "int8 default, per-tensor weights": Int8Recipe(per_channel=False),
+    }
+
+
+def load_models(keras_dir: Path | None, seed: int, calibration: np.ndarray) -> dict:
+    """{model: (keras model, trained?)} from keras_dir, the pipeline's models/, or freshly built."""
+    import keras
+
+    from lightcnn.models import build_model
+
+    models = {}
+    for name in MODELS:
+        candidates = [keras_dir / f"{name}.keras"] if keras_dir else []
+        candidates.append(PROJECT_ROOT / "models" / name / f"seed-{seed}" / "best.keras")
+        found = next((path for path in candidates if path.is_file()), None)
+        if found:
+            models[name] = (keras.models.load_model(found), True)
+            print(f"{name}: {found}", flush=True)
+            continue
+        keras.utils.set_random_seed(seed)
+        model = build_model(name, num_classes=10)
+        # Random weights with BatchNorm statistics (0, 1) shrink activations layer after layer;
+        # statistics of real images give the quantiser realistic ranges.
+        momenta = {}
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                momenta[layer.name], layer.momentum = layer.momentum, 0.0
+        model(calibration[:64], training=True)
+        for layer in model.layers:
+            if layer.name in momenta:
+                layer.momentum = momenta[layer.name]
+        models[name] = (model, False)
+        print(f"{name}: random weights (no trained model found)", flush=True)
+    return models
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--keras-dir", type=Path, help="folder with <model>.keras files to convert")
+    parser.add_argument("--seed", type=int, default=42, help="pipeline seed folder to look in (models/...)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--runs-per-round", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--levers", action="store_true", help="also time the int8 recipes tried (see int8_levers)")
+    parser.add_argument("--accuracy-images", type=int, default=2000)
+    parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args()
+    if not args.archive.is_file():
+        parser.error(f"CIFAR-10 archive not found at {args.archive}; pass --archive or set LIGHTCNN_SHARED_DATA")
+
+    from lightcnn import io
+    from lightcnn.export import VARIANTS, TFLiteModel, convert_variants, evaluate_tflite, write_tflite
+    from lightcnn.latency import interleaved_latency, latency_markdown, load_average
+    from lightcnn.profiling import op_profile, profile_markdown
+    from tests.helpers_real_data import load_cifar10_sample
+
+    started = time.time()
+    print(f"load average at start: {load_average()}", flush=True)
+    calibration, _ = load_cifar10_sample(args.archive, "train", per_class=20)
+    per_class = max(1, args.accuracy_images // 10)
+    test_images, test_labels = load_cifar10_sample(args.archive, "test", per_class=per_class)
+    models = load_models(args.keras_dir, args.seed, calibration)
+    levers = int8_levers() if args.levers else {}
+
+    tflite_dir = args.out / "tflite"
+    files, accuracy = {}, {}
+    for name, (model, trained) in models.items():
+        variants = convert_variants(model, VARIANTS, calibration)
+        extra = {}
+        if levers:
+            extra["float32 no fold"] = convert_variants(model, ("float32",), lean=False)["float32"]
+            for lever, recipe in levers.items():
+                extra[lever] = convert_variants(model, ("int8",), calibration, int8_recipe=recipe)["int8"]
+        for variant, data in {**variants, **extra}.items():
+            slug = variant.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
+            files[(name, variant)] = write_tflite(tflite_dir / f"{name}_{slug}.tflite", data)
+        if trained:
+            keras_probs = model.predict(test_images, batch_size=256, verbose=0)
+            accuracy[name] = {"keras": float(np.mean(keras_probs.argmax(1) == test_labels))}
+            for variant in {**variants, **extra}:
+                result = evaluate_tflite(TFLiteModel(files[(name, variant)]), test_images, test_labels,
+                                         reference_probs=keras_probs)
+                accuracy[name][variant] = {"top1": result["top1"], "agreement": result["agreement"]}
+        print(f"{name}: converted ({time.time() - started:.0f} s)", flush=True)
+
+    measurement = interleaved_latency(files, args.threads, rounds=args.rounds,
+                                      runs_per_round=args.runs_per_round, warmup=args.warmup)
+    measurement["accuracy"] = {"test_images": int(len(test_labels)), "by_model": accuracy}
+    print(f"timed ({time.time() - started:.0f} s)", flush=True)
+
+    main_files = {key: path for key, path in files.items() if key[1] in VARIANTS}
+    main_results = {"context": measurement["context"],
+                    "results": [r for r in measurement["results"] if r["variant"] in VARIANTS]}
+    markdown = ["# LiteRT latency, interleaved", "", latency_markdown(main_results, PAIRS)]
+    if levers:
+        markdown += ["## int8 levers (same run)", "", _lever_table(measurement, models, accuracy, args.threads)]
+    if accuracy:
+        markdown += ["## Accuracy on the test images", "", _accuracy_table(accuracy, len(test_labels))]
+
+    profiles, profile_lines = {}, ["# Op profiles (1 thread)", ""]
+    for (name, variant), path in main_files.items():
+        profile = op_profile(path, threads=1)
+        profiles[f"{name}/{variant}"] = profile
+        profile_lines.append(profile_markdown(profile, f"{name} {variant}"))
+    print(f"profiled ({time.time() - started:.0f} s)", flush=True)
+
+    io.write_json(args.out / "latency.json", measurement)
+    io.write_json(args.out / "op_profiles.json", profiles)
+    (args.out / "latency.md").write_text("\n".join(markdown))
+    (args.out / "op_profiles.md").write_text("\n".join(profile_lines))
+    print("\n".join(markdown))
+    print("\n".join(profile_lines))
+    print(f"written to {args.out}; load average at the end: {load_average()}")
+
+
+def _lever_table(measurement: dict, models: dict, accuracy: dict, threads: list[int]) -> str:
+    from lightcnn.latency import find_result
+
+    variants = list(dict.fromkeys(r["variant"] for r in measurement["results"]))
+    lines = ["Speed vs float32 (float32 time / variant time, median; > 1 is faster); top-1 where trained.", "",
+             "| variant | " + " | ".join(f"{name} ({t}t)" for name in models for t in threads) + " |",
+             "|---|" + "---:|" * (len(models) * len(threads))]
+    for variant in variants:
+        if variant == "float32":
+            continue
+        cells = []
+        for name in models:
+            for count in threads:
+                reference = find_result(measurement, name, "float32", count)["median_ms"]
+                speed = reference / find_result(measurement, name, variant, count)["median_ms"]
+                top1 = accuracy.get(name, {}).get(variant, {}).get("top1")
+                cells.append(f"{speed:.2f}x" + (f" ({top1:.1%})" if top1 is not None and count == threads[0] else ""))
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _accuracy_table(accuracy: dict, count: int) -> str:
+    lines = [f"Top-1 on {count} CIFAR-10 test images (briefly trained models; agreement with Keras)", "",
+             "| model | Keras | float32 | float16 | int8 | int8 - float32 (points) |", "|---|---:|---:|---:|---:|---:|"]
+    for name, result in accuracy.items():
+        lines.append(f"| {name} | {result['keras']:.1%} | {result['float32']['top1']:.1%} | "
+                     f"{result['float16']['top1']:.1%} | {result['int8']['top1']:.1%} "
+                     f"(agree {result['int8']['agreement']:.1%}) | "
+                     f"{100 * (result['int8']['top1'] - result['float32']['top1']):+.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
