@@ -195,10 +195,6 @@ class Placement:
         else:
             yield
 
-    def local_batch_size(self, batch_size: int) -> int:
-        """This process's part of a global batch (arrays are fed per process)."""
-        return batch_size // self.process_count
-
 
 def make_placement(config: TrainConfig, *, arrays_input: bool) -> Placement:
     """The devices of config.distribution; checks that the batch splits evenly over them.

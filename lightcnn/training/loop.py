@@ -131,7 +131,8 @@ def train_model(
 
     train_ds / val_ds: tf.data.Datasets (batched with config.batch_size; the training one
     shuffled and augmented by its builder), or ImageArrays (batched, shuffled and, with
-    config.augment, augmented here from config.seed). Both in the same form.
+    config.augment, augmented here from config.seed; an epoch is the full batches of a new
+    shuffle). Both in the same form.
 
     Resumes from out_dir/checkpoint/ when it holds an unfinished run of the same model,
     settings and data size; the resumed run then ends exactly as an uninterrupted one would
@@ -170,7 +171,9 @@ def train_model(
             train_batches = training_batches(
                 train_ds, config.batch_size, seed=config.seed, augment=config.augment,
                 shift_fraction=config.shift_fraction, flip=config.flip,
-                drop_remainder=placement.replicas > 1,  # every batch must split over the devices
+                # Full batches only: one compiled step shape, and every batch splits over the
+                # devices; the images left out differ from epoch to epoch (new shuffle).
+                drop_remainder=True,
                 process_index=placement.process_index, process_count=placement.process_count)
             steps_per_epoch = len(train_batches)
         else:

@@ -1,0 +1,253 @@
+"""The whole CIFAR-10 comparison on one accelerator: four models, default recipe, JAX backend.
+
+Trains each model (default recipe, --epochs, batch 128) on CIFAR-10 held in memory from the
+class-folder JPEG archive (train/val split as preprocess makes it), evaluates the best
+epoch's model on the 10,000 test images and prints one table: test accuracy, training time,
+images/s and peak device memory. Needs NumPy, Pillow, JAX (CUDA for a GPU), Keras and
+pydantic, and no TensorFlow.
+
+    KERAS_BACKEND=jax python benchmarks/gpu_comparison.py [--archive ../shared/data/cifar10-jpeg.tar.gz]
+        [--epochs 30] [--models ...] [--max-per-class N] [--test-per-class N]
+        [--precision float32] [--steps-per-execution 16] [--output results.json]
+
+The archive is decoded once, into a .npz in --work-dir; each model then trains in its own
+process (a clean compilation cache and a peak-memory reading of its own). On a GPU,
+`--probe-precisions` first times a few steps of each model in float32, mixed_bfloat16 and
+mixed_float16 (depthwise convolutions are slow in some XLA / mixed-precision combinations)
+and trains each model in its fastest precision.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT_ROOT))
+os.environ.setdefault("KERAS_BACKEND", "jax")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+MODELS = ("mobilenetv3_large", "mobilenetv3_small", "our_large", "our_small")  # lightcnn.models.MODEL_NAMES
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+DEFAULT_ARCHIVE = PROJECT_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+def prepare_arrays(args: argparse.Namespace) -> Path:
+    """Decode the archive once into work_dir/cifar10.npz (train, val, test); no Keras needed."""
+    from lightcnn.data.arrays import load_image_arrays
+
+    path = args.work_dir / "cifar10.npz"
+    start = time.perf_counter()
+    data = load_image_arrays(args.archive, max_per_class=args.max_per_class, seed=0)
+    test = data["test"]
+    if args.test_per_class:
+        test = test.subset(args.test_per_class)
+    arrays = {f"{split}_{kind}": getattr(split_data, kind) for split, split_data in
+              (("train", data["train"]), ("val", data["val"]), ("test", test)) for kind in ("images", "labels")}
+    np_module().savez(path, class_names=np_module().asarray(data["train"].class_names), **arrays)
+    print(f"Decoded {args.archive.name}: {len(data['train'])} train, {len(data['val'])} val, {len(test)} test "
+          f"images in {time.perf_counter() - start:.1f} s", flush=True)
+    return path
+
+
+def np_module():
+    import numpy
+
+    return numpy
+
+
+def load_split(npz: Path, split: str):
+    from lightcnn.data.arrays import ImageArrays
+
+    with np_module().load(npz) as data:
+        return ImageArrays(data[f"{split}_images"], data[f"{split}_labels"], tuple(data["class_names"].tolist()))
+
+
+def peak_memory() -> dict:
+    """Peak device memory (bytes; None where the device does not say) and peak host RSS."""
+    import jax
+
+    stats = jax.devices()[0].memory_stats() or {}
+    return {"device_peak_bytes": stats.get("peak_bytes_in_use"),
+            "host_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def train_one(args: argparse.Namespace) -> dict:
+    """Worker: train args.model and evaluate it on the test images."""
+    from lightcnn.training import resolve_config, select_backend
+
+    overrides = dict(backend="jax", precision=args.precision, steps_per_execution=args.steps_per_execution,
+                     deterministic=not args.nondeterministic)
+    if args.epochs is not None:
+        overrides.update(epochs=args.epochs, warmup_epochs=min(2.0, args.epochs / 15))
+    config = resolve_config("default", **overrides)
+    select_backend(config.backend)
+    import jax
+    import keras
+
+    from lightcnn.data.arrays import evaluation_batches
+    from lightcnn.training import train_model
+
+    train, val, test = (load_split(args.npz, split) for split in ("train", "val", "test"))
+
+    class EpochTimes(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.steps: list[float] = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.begin = time.perf_counter()
+
+        def on_test_begin(self, logs=None):
+            self.steps.append(time.perf_counter() - self.begin)
+
+    times = EpochTimes()
+    start = time.perf_counter()
+    summary = train_model(args.model, train.num_classes, train.image_shape, train, val, config,
+                          args.work_dir / args.model, callbacks=[times], verbose=2 if args.verbose else 0)
+    train_seconds = time.perf_counter() - start
+    best = keras.models.load_model(args.work_dir / args.model / "best.keras")
+    best.compile(loss="categorical_crossentropy", metrics=["accuracy"], jit_compile=True)
+    evaluation = best.evaluate(evaluation_batches(test, 500), verbose=0, return_dict=True)
+    steps_per_epoch = len(train) // config.batch_size
+    steady = times.steps[1:] or times.steps
+    return {
+        "model": args.model, "device": str(jax.devices()[0].device_kind), "precision": config.precision,
+        "epochs": config.epochs, "batch_size": config.batch_size, "train_images": len(train),
+        "test_images": len(test), "test_accuracy": evaluation["accuracy"],
+        "best_val_accuracy": summary["best_val_accuracy"], "best_epoch": summary["best_epoch"],
+        "train_seconds": train_seconds,  # the whole train_model call: compilation, validation and writes included
+        "images_per_second": steps_per_epoch * config.batch_size / (sum(steady) / len(steady)),
+        "first_epoch_train_seconds": times.steps[0], "params": summary["params"], **peak_memory(),
+    }
+
+
+def probe_one(args: argparse.Namespace) -> dict:
+    """Worker: images/s of a few training steps of args.model in each precision."""
+    from lightcnn.training import resolve_config, select_backend
+
+    select_backend("jax")
+    import keras
+    import numpy as np
+
+    from lightcnn.data.arrays import training_batches
+    from lightcnn.models import build_model
+    from lightcnn.training.backend import dtype_policy, keep_output_float32
+    from lightcnn.training.optimizer import compile_model
+
+    train = load_split(args.npz, "train")
+    speeds = {}
+    for precision in PRECISIONS:
+        config = resolve_config("default", backend="jax", precision=precision,
+                                steps_per_execution=args.steps_per_execution)
+        with dtype_policy(precision):
+            model = build_model(args.model, 10, train.image_shape, mode=config.model_mode)
+        if precision != "float32":
+            keep_output_float32(model)
+        batches = training_batches(train, config.batch_size, seed=0, shift_fraction=config.shift_fraction,
+                                   drop_remainder=True)
+        compile_model(model, config, len(batches))
+        steps = min(len(batches), 60)
+        model.fit(batches, steps_per_epoch=steps, epochs=1, verbose=0)  # compile and warm up
+        start = time.perf_counter()
+        model.fit(batches, steps_per_epoch=steps, epochs=1, verbose=0)
+        speeds[precision] = steps * config.batch_size / (time.perf_counter() - start)
+        del model
+        keras.backend.clear_session()
+    return {"model": args.model, "images_per_second": speeds, "fastest": max(speeds, key=speeds.get),
+            "numpy": np.__version__}
+
+
+def run_worker(args: argparse.Namespace, mode: str, model: str, precision: str) -> dict:
+    command = [sys.executable, __file__, "--worker", mode, "--model", model, "--npz", str(args.npz),
+               "--work-dir", str(args.work_dir), "--precision", precision,
+               "--steps-per-execution", str(args.steps_per_execution)]
+    if args.epochs is not None:
+        command += ["--epochs", str(args.epochs)]
+    if args.nondeterministic:
+        command.append("--nondeterministic")
+    if args.verbose:
+        command.append("--verbose")
+    result = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+    found = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    if result.returncode != 0 or not found:
+        sys.exit(f"error: {mode} of {model} failed (exit {result.returncode}); its output is above\n"
+                 + result.stdout[-3000:])
+    return json.loads(found[-1][7:])
+
+
+def gib(value: float | None) -> str:
+    return "n/a" if value is None else f"{value / 2**30:.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--max-per-class", type=int, default=None, help="train images per class (default: all)")
+    parser.add_argument("--test-per-class", type=int, default=None, help="test images per class (default: all)")
+    parser.add_argument("--precision", default="float32", choices=PRECISIONS)
+    parser.add_argument("--probe-precisions", action="store_true",
+                        help="time each precision per model first and train each in its fastest")
+    parser.add_argument("--steps-per-execution", type=int, default=16)
+    parser.add_argument("--nondeterministic", action="store_true", help="skip XLA's deterministic GPU kernels")
+    parser.add_argument("--work-dir", type=Path, default=None)
+    parser.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--worker", choices=["train", "probe"], help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--npz", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        result = train_one(args) if args.worker == "train" else probe_one(args)
+        print("RESULT " + json.dumps(result), flush=True)
+        return
+
+    if not args.archive.is_file():
+        sys.exit(f"error: {args.archive} not found; pass --archive (the CIFAR-10 class-folder JPEG archive)")
+    args.work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="gpu-comparison-"))
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    args.npz = prepare_arrays(args)
+    precisions = {model: args.precision for model in args.models}
+    probes = []
+    if args.probe_precisions:
+        for model in args.models:
+            probes.append(run_worker(args, "probe", model, args.precision))
+            precisions[model] = probes[-1]["fastest"]
+            print(f"probe {model}: " + ", ".join(f"{p} {s:.0f}/s" for p, s in probes[-1]["images_per_second"].items()),
+                  flush=True)
+    rows = []
+    for model in args.models:
+        rows.append(run_worker(args, "train", model, precisions[model]))
+        row = rows[-1]
+        print(f"{model}: test accuracy {row['test_accuracy']:.4f}, {row['train_seconds']:.0f} s, "
+              f"{row['images_per_second']:.0f} images/s", flush=True)
+    device = rows[0]["device"] if rows else "?"
+    print(f"\nCIFAR-10, default recipe, {rows[0]['epochs']} epochs, JAX on {device} "
+          f"({rows[0]['train_images']} train / {rows[0]['test_images']} test images)\n")
+    print("| model | precision | test accuracy | training time (s) | images/s | peak device memory (GiB) |")
+    print("|---|---|---:|---:|---:|---:|")
+    for row in rows:
+        print(f"| {row['model']} | {row['precision']} | {100 * row['test_accuracy']:.2f}% | {row['train_seconds']:.0f} "
+              f"| {row['images_per_second']:.0f} | {gib(row['device_peak_bytes'])} |")
+    total = time.perf_counter() - start
+    print(f"\nWall time, decoding and all models: {total:.0f} s")
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.output.with_name(f".{args.output.name}.tmp")
+        tmp.write_text(json.dumps({"device": device, "rows": rows, "probes": probes, "wall_seconds": total,
+                                   "command": " ".join(sys.argv)}, indent=1))
+        tmp.replace(args.output)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,279 @@
+"""Backends: settings that name them, backend selection, training code without TensorFlow,
+the in-memory (TF-free) input path, and exact resume and determinism on JAX.
+
+JAX runs happen in subprocesses (a process has one Keras backend, and this one is on
+TensorFlow), with `tensorflow` imports blocked, as on a machine that has JAX alone.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+import pytest
+from typing import get_args
+
+from lightcnn.data import arrays
+from lightcnn.data.arrays import ImageArrays, load_image_arrays, shift_and_flip, shifts_and_flips, training_batches
+from lightcnn.models import ATTENTIONS, MODEL_MODES
+from lightcnn.training import BackendError, resolve_config, select_backend, train_model
+from lightcnn.training.config import Attention, ModelMode
+from tests.conftest import CIFAR10_JPEG, PROJECT_ROOT
+
+BLOCK_TENSORFLOW = '''
+import sys
+class _NoTensorFlow:
+    """As if TensorFlow were not installed."""
+    def find_spec(self, name, path=None, target=None):
+        if name == "tensorflow" or name.startswith("tensorflow."):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
+        return None
+sys.meta_path.insert(0, _NoTensorFlow())
+'''
+
+
+def run_python(code: str, *, env: dict | None = None, timeout: int = 900, cwd: Path = PROJECT_ROOT,
+               check: bool = True) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh Python whose Keras backend is JAX and which cannot import TensorFlow."""
+    environment = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3",
+                   "PYTHONPATH": str(PROJECT_ROOT), **(env or {})}
+    script = BLOCK_TENSORFLOW + textwrap.dedent(code)
+    result = subprocess.run([sys.executable, "-c", script], cwd=cwd, env=environment, capture_output=True,
+                            text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        pytest.fail(f"subprocess failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def test_config_choices_match_the_models():
+    assert get_args(Attention) == ATTENTIONS
+    assert set(get_args(ModelMode)) == set(MODEL_MODES)
+
+
+def test_new_settings_defaults_and_errors():
+    default, study = resolve_config("default"), resolve_config("study")
+    assert (default.model_mode, study.model_mode) == ("corrected", "faithful")
+    for config in (default, study):
+        assert (config.backend, config.precision, config.jit_compile, config.steps_per_execution,
+                config.distribution) == ("tensorflow", "float32", "auto", 1, "none")
+    # The learning rate follows the batch size from a reference batch of 128.
+    assert resolve_config("default", batch_size=512).peak_learning_rate == pytest.approx(4 * default.learning_rate)
+    assert resolve_config("default", batch_size=512, lr_scaling="sqrt").peak_learning_rate == pytest.approx(
+        2 * default.learning_rate)
+    assert resolve_config("study", batch_size=512).peak_learning_rate == study.learning_rate  # lr_scaling none
+    with pytest.raises(ValueError, match=r"backend must be one of 'tensorflow', 'jax'; got 'torch'"):
+        resolve_config("default", backend="torch")
+    with pytest.raises(ValueError, match=r"jit_compile must be true or false or 'auto'; got 'yes'"):
+        resolve_config("default", jit_compile="yes")
+    with pytest.raises(ValueError, match=r"steps_per_execution must be an integer >= 1; got 0"):
+        resolve_config("default", steps_per_execution=0)
+    # Several problems: one line each.
+    with pytest.raises(ValueError) as error:
+        resolve_config("default", precision="float16", distribution="ddp")
+    lines = str(error.value).splitlines()
+    assert len(lines) == 2 and "precision must be one of" in lines[0] and "distribution must be one of" in lines[1]
+
+
+def test_every_setting_is_described():
+    from lightcnn.training import TrainConfig
+
+    assert all(field.description for field in TrainConfig.model_fields.values())
+
+
+def test_select_backend_refuses_to_switch_once_keras_is_loaded():
+    select_backend(keras.backend.backend())  # the one already running: fine
+    with pytest.raises(BackendError, match="already imported on the 'tensorflow' backend.*KERAS_BACKEND=jax"):
+        select_backend("jax")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        select_backend("torch")
+
+
+def test_models_and_training_import_without_tensorflow():
+    result = run_python("""
+        import os, sys
+        os.environ.pop("KERAS_BACKEND")
+        from lightcnn.training import resolve_config, select_backend
+        assert "keras" not in sys.modules, "lightcnn.training imported keras before the backend was chosen"
+        select_backend(resolve_config("default", backend="jax").backend)
+        import lightcnn.models, lightcnn.data.arrays
+        from lightcnn.training import train_model, checkpoint_epoch, seed_everything, compile_model
+        import keras
+        try:
+            import lightcnn.data.pipeline
+        except ModuleNotFoundError:
+            pipeline = "needs tensorflow"
+        print(keras.backend.backend(), "tensorflow" in sys.modules, pipeline)
+    """)
+    assert result.stdout.split() == ["jax", "False", "needs", "tensorflow"]
+
+
+# ----------------------------------------------------------------------------- in-memory data
+
+
+def test_arrays_hold_the_same_split_as_preprocess(tmp_path, shared_data):
+    from lightcnn.data import fetch_dataset, preprocess_dataset, read_examples
+
+    raw = tmp_path / "raw"
+    fetch_dataset("cifar10", raw, source=str(CIFAR10_JPEG), progress=False)
+    preprocess_dataset(raw, tmp_path / "processed", max_per_class=12, seed=3, workers=1, progress=False)
+    loaded = load_image_arrays(CIFAR10_JPEG, max_per_class=12, seed=3)
+    for split in ("val", "test"):  # class order, then file order, in both
+        records = list(read_examples(tmp_path / "processed", split))
+        assert np.array_equal(loaded[split].images, np.stack([image for image, _, _ in records]))
+        assert loaded[split].labels.tolist() == [label for _, label, _ in records]
+    train_records = {image.tobytes() for image, _, _ in read_examples(tmp_path / "processed", "train")}
+    assert {image.tobytes() for image in loaded["train"].images} == train_records
+    assert loaded["train"].class_names[:2] == ("airplane", "automobile")
+
+
+def test_shift_and_flip_on_the_device_matches_the_input_pipeline():
+    import tensorflow as tf
+
+    from lightcnn.data.pipeline import shift_and_flip as tf_shift_and_flip
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (16, 8, 10, 3), dtype=np.uint8)
+    dy, dx, flips = shifts_and_flips(rng.random((16, 3), dtype=np.float32), (8, 10), 0.4, True)
+    assert dy.min() < 0 < dy.max() and flips.any() and not flips.all()
+    expected = tf_shift_and_flip(tf.constant(images), tf.constant(dy), tf.constant(dx), tf.constant(flips)).numpy()
+    ours = keras.ops.convert_to_numpy(shift_and_flip(images, dy, dx, flips))
+    assert np.array_equal(ours, expected)
+
+
+def test_training_batches_depend_on_seed_and_epoch_only():
+    rng = np.random.default_rng(1)
+    data = ImageArrays(rng.integers(0, 256, (50, 8, 8, 3), dtype=np.uint8), np.arange(50, dtype=np.int32) % 5,
+                       tuple("abcde"))
+    first = training_batches(data, 16, seed=7, shift_fraction=0.25, drop_remainder=True)
+    second = training_batches(data, 16, seed=7, shift_fraction=0.25, drop_remainder=True, epoch=1)
+    assert len(first) == 3
+    second.epoch = 0
+    for index in range(3):
+        (x1, y1), (x2, y2) = first[index], second[index]
+        assert np.array_equal(keras.ops.convert_to_numpy(x1), keras.ops.convert_to_numpy(x2))
+    x0 = keras.ops.convert_to_numpy(first[0][0])
+    first.epoch = 1
+    assert not np.array_equal(x0, keras.ops.convert_to_numpy(first[0][0]))  # a new epoch, a new order
+    assert x0.dtype == np.float32 and 0 <= x0.min() and x0.max() <= 1
+    # Two processes serve the two halves of each global batch.
+    halves = [training_batches(data, 16, seed=7, shift_fraction=0.25, drop_remainder=True,
+                               process_index=i, process_count=2)[0][1] for i in (0, 1)]
+    assert np.array_equal(np.concatenate([keras.ops.convert_to_numpy(h) for h in halves]),
+                          keras.ops.convert_to_numpy(first_labels := training_batches(
+                              data, 16, seed=7, shift_fraction=0.25, drop_remainder=True)[0][1]))
+    assert first_labels.shape == (16, 5)
+
+
+def test_tensorflow_backend_trains_from_arrays(tmp_path, shared_data):
+    data = load_image_arrays(CIFAR10_JPEG, max_per_class=10)
+    config = resolve_config("default", epochs=1, batch_size=16, warmup_epochs=0.5, precision="mixed_bfloat16")
+    summary = train_model("our_small", 10, (32, 32, 3), data["train"], data["val"], config, tmp_path, verbose=0)
+    assert summary["epochs_run"] == 1 and summary["images_per_second"] > 0
+    assert set(summary["seconds_per_epoch"]) == {"train_steps", "validation", "writes"}
+    best = keras.models.load_model(tmp_path / "best.keras")
+    # Saved as a plain float32 model whatever the training precision.
+    assert {layer.dtype_policy.name for layer in best.layers} == {"float32"}
+    assert best.predict(data["val"].images[:2] / 255.0, verbose=0).dtype == np.float32
+
+
+# ----------------------------------------------------------------------------- JAX: determinism and resume
+
+JAX_RUN = """
+import os, signal, sys
+import keras
+from lightcnn.training import resolve_config, select_backend
+config = resolve_config("default", epochs=2, batch_size=20, warmup_epochs=0.5, seed=0, backend="jax")
+select_backend(config.backend)
+from lightcnn.data.arrays import load_image_arrays
+from lightcnn.training import train_model
+data = load_image_arrays({archive!r}, max_per_class=20)   # 160 train (8 steps of 20), 40 val
+
+class KillAfterFirstEpoch(keras.callbacks.Callback):
+    # The caller's callbacks run after train_model has checkpointed the epoch.
+    def on_epoch_end(self, epoch, logs=None):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+callbacks = [KillAfterFirstEpoch()] if {die!r} else []
+summary = train_model("our_small", 10, (32, 32, 3), data["train"], data["val"], config, {out_dir!r},
+                      callbacks=callbacks, verbose=0)
+print("SUMMARY", summary["resumed_from_epoch"], summary["epochs_run"], "tensorflow" in sys.modules)
+"""
+
+
+def start_jax_run(out_dir: Path, die: bool) -> subprocess.Popen:
+    code = JAX_RUN.format(archive=str(CIFAR10_JPEG), die=die, out_dir=str(out_dir))
+    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(PROJECT_ROOT)}
+    return subprocess.Popen([sys.executable, "-c", BLOCK_TENSORFLOW + code], cwd=PROJECT_ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def history(out_dir: Path) -> list[dict]:
+    with open(out_dir / "history.csv", newline="") as file:
+        return [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in csv.DictReader(file)]
+
+
+def weight_arrays(out_dir: Path) -> dict[str, np.ndarray]:
+    (weights_file,) = (out_dir / "checkpoint").glob("*.weights.h5")
+    found = {}
+    with h5py.File(weights_file, "r") as file:
+        file.visititems(lambda name, item: found.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None)
+    return found
+
+
+def test_jax_training_without_tensorflow_is_deterministic_and_resumes_exactly(tmp_path, shared_data):
+    """Two fresh processes (one killed by SIGKILL after epoch 1) train alike, and the killed
+    run, resumed, ends with the weights, optimizer state and history of the uninterrupted one."""
+    uninterrupted, killed = tmp_path / "uninterrupted", tmp_path / "killed"
+    runs = {"uninterrupted": start_jax_run(uninterrupted, die=False), "killed": start_jax_run(killed, die=True)}
+    outputs = {name: process.communicate(timeout=1500)[0] for name, process in runs.items()}
+    assert runs["uninterrupted"].returncode == 0, outputs["uninterrupted"][-4000:]
+    assert "SUMMARY 0 2 False" in outputs["uninterrupted"]  # trained without TensorFlow
+    assert runs["killed"].returncode == -signal.SIGKILL, outputs["killed"][-4000:]
+    assert history(killed) == history(uninterrupted)[:1]  # same first epoch in another process
+
+    (killed / "best.keras").unlink()  # DVC deletes outputs before a rerun
+    resumed = start_jax_run(killed, die=False)
+    output = resumed.communicate(timeout=1500)[0]
+    assert resumed.returncode == 0 and "SUMMARY 1 2 False" in output, output[-4000:]
+    assert history(killed) == history(uninterrupted)
+    first, second = weight_arrays(killed), weight_arrays(uninterrupted)
+    assert first.keys() == second.keys()
+    assert [name for name in first if not np.array_equal(first[name], second[name])] == []
+    state = json.loads((killed / "checkpoint" / "state.json").read_text())
+    assert state["identity"]["config"]["backend"] == "jax"
+
+
+# ----------------------------------------------------------------------------- the GPU comparison script
+
+
+def test_gpu_comparison_script_runs_without_tensorflow(tmp_path, shared_data):
+    """benchmarks/gpu_comparison.py end to end on the CPU, 1 epoch of a tiny subset: a test
+    that it works (on a machine without TensorFlow), not a timing."""
+    blocked = tmp_path / "no-tensorflow" / "tensorflow"
+    blocked.mkdir(parents=True)
+    (blocked / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'tensorflow' (blocked)\", "
+                                         "name='tensorflow')\n")
+    output = tmp_path / "comparison.json"
+    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONPATH": f"{blocked.parent}{os.pathsep}{PROJECT_ROOT}"}
+    result = subprocess.run(
+        [sys.executable, "benchmarks/gpu_comparison.py", "--archive", str(CIFAR10_JPEG), "--epochs", "1",
+         "--max-per-class", "10", "--test-per-class", "4", "--models", "our_small", "--steps-per-execution", "2",
+         "--work-dir", str(tmp_path / "work"), "--output", str(output)],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "| our_small | float32 |" in result.stdout
+    (row,) = json.loads(output.read_text())["rows"]
+    assert (row["epochs"], row["train_images"], row["test_images"]) == (1, 80, 40)
+    assert 0 <= row["test_accuracy"] <= 1 and row["images_per_second"] > 0 and row["train_seconds"] > 0
