@@ -20,6 +20,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
 import time
@@ -80,8 +81,13 @@ def _git(*args: str) -> str:
 def source_tags() -> dict[str, str]:
     """MLflow's standard source tags (the UI's Source and Version columns) and the DVC experiment."""
     commit = os.environ.get("DVC_EXP_BASELINE_REV") or _git("rev-parse", "HEAD") or "unknown"
-    tags = {"mlflow.source.type": "PROJECT", "mlflow.source.name": "lightcnn (dvc.yaml)",
-            "mlflow.source.git.commit": commit, "git_commit": commit}
+    remote = re.sub(r"^(\w+://)[^/@]+@", r"\1", _git("remote", "get-url", "origin"))  # never a credential
+    # The UI shows a PROJECT source as the name's last path part up to its last '.', then
+    # ":<entry point>": "lightcnn:dvc.yaml".
+    tags = {"mlflow.source.type": "PROJECT", "mlflow.source.name": remote or "lightcnn",
+            "mlflow.project.entryPoint": "dvc.yaml", "mlflow.source.git.commit": commit, "git_commit": commit}
+    if remote:
+        tags["mlflow.source.git.repoURL"] = remote
     branch = _git("rev-parse", "--abbrev-ref", "HEAD")
     if branch and branch != "HEAD":
         tags["mlflow.source.git.branch"] = branch
