@@ -8,7 +8,7 @@ stochastic-depth fold, per-tensor weights) and float32 without the fold, all in 
 interleaved run so that their ratios are fair.
 
     python benchmarks/bench_latency.py [--keras-dir DIR] [--threads 1 2] [--rounds 40]
-        [--runs-per-round 10] [--levers] [--accuracy-images 2000]
+        [--runs-per-round 10] [--levers [--lever-models ...]] [--accuracy-images 2000]
 
 Models: DIR/<model>.keras if given, else the pipeline's models/<model>/seed-<seed>/best.keras
 if present, else freshly built (random weights, BatchNorm statistics set on real images):
@@ -48,7 +48,6 @@ def int8_levers():
         "int8 as before (uint8 edges, fused hard-swish, no fold)": Int8Recipe(
             io_dtype="uint8", hard_swish="fused", fold_stochastic_depth=False),
         "int8 signed edges only": Int8Recipe(hard_swish="fused", fold_stochastic_depth=False),
-        "int8 default, uint8 edges": Int8Recipe(io_dtype="uint8"),
         "int8 default, fused hard-swish": Int8Recipe(hard_swish="fused"),
         "int8 default, no fold": Int8Recipe(fold_stochastic_depth=False),
         "int8 default, per-tensor weights": Int8Recipe(per_channel=False),
@@ -96,6 +95,8 @@ def main() -> None:
     parser.add_argument("--runs-per-round", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--levers", action="store_true", help="also time the int8 recipes tried (see int8_levers)")
+    parser.add_argument("--lever-models", nargs="+", choices=MODELS, default=list(MODELS),
+                        help="the models to convert with every lever (each lever is one more conversion)")
     parser.add_argument("--accuracy-images", type=int, default=2000)
     parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
@@ -122,7 +123,7 @@ def main() -> None:
     for name, (model, trained) in models.items():
         variants = convert_variants(model, VARIANTS, calibration)
         extra = {}
-        if levers:
+        if levers and name in args.lever_models:
             extra["float32 no fold"] = convert_variants(model, ("float32",), lean=False)["float32"]
             for lever, recipe in levers.items():
                 extra[lever] = convert_variants(model, ("int8",), calibration, int8_recipe=recipe)["int8"]
@@ -172,6 +173,8 @@ def _lever_table(measurement: dict, models: dict, accuracy: dict, threads: list[
     from lightcnn.latency import find_result
 
     variants = list(dict.fromkeys(r["variant"] for r in measurement["results"]))
+    models = [name for name in models if all(any(r["model"] == name and r["variant"] == variant
+                                                 for r in measurement["results"]) for variant in variants)]
     lines = ["Speed vs float32 (float32 time / variant time, median; > 1 is faster); top-1 where trained.", "",
              "| variant | " + " | ".join(f"{name} ({t}t)" for name in models for t in threads) + " |",
              "|---|" + "---:|" * (len(models) * len(threads))]

@@ -36,7 +36,8 @@ def test_latency_reports_median_and_p90_per_variant_and_thread_count(tiny_tflite
     assert 0 < result["min_ms"] <= result["median_ms"] <= result["p90_ms"] <= result["max_ms"]
     assert result["min_ms"] <= result["mean_ms"] <= result["max_ms"]
     assert result["xnnpack"] is True, "LiteRT's default XNNPACK delegate should run the model"
-    assert result["input_dtype"] == ("uint8" if variant == "int8" else "float32")
+    assert result["input_dtype"] == variant.replace("float16", "float32")
+    assert result["min_ms"] <= result["ci95_low_ms"] <= result["ci95_high_ms"] <= result["max_ms"]
     assert result["cpu"] == cpu_info()["model_name"]
 
 

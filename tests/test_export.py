@@ -6,8 +6,18 @@ import numpy as np
 import pytest
 from keras import layers
 
-from lightcnn.export import TFLiteModel, convert, convert_variants, evaluate_tflite, write_tflite
-from lightcnn.models import MODEL_NAMES, build_model
+from lightcnn.export import (
+    Int8Recipe,
+    TFLiteModel,
+    convert,
+    convert_variants,
+    evaluate_tflite,
+    lean_inference_model,
+    write_tflite,
+)
+from lightcnn.models import MODEL_NAMES, ModelOptions, StochasticDepth, build_model
+from lightcnn.models.blocks import LayerFactory, MBArgs, inverted_residual
+from lightcnn.profiling import placement
 from tests.conftest import CIFAR10_JPEG
 from tests.helpers_real_data import load_cifar10_sample
 
@@ -35,12 +45,14 @@ def test_float32_tflite_matches_keras(name):
     expected = keras.ops.convert_to_numpy(model(images, training=False))
     assert expected.std(axis=0).max() > 1e-3, "the outputs should differ between images"
 
-    tflite = TFLiteModel(convert(model, "float32"))
+    lean = keras.ops.convert_to_numpy(lean_inference_model(model, "decomposed")(images, training=False))
+    tflite = TFLiteModel(convert(model, "float32"))  # lean: stochastic depth folded where exact
     actual = tflite.predict(images)
 
     assert tflite.image_shape == (32, 32, 3) and tflite.num_classes == 10
     assert tflite.input_dtype == np.float32 and tflite.xnnpack_applied
-    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(lean, expected, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +102,12 @@ def test_int8_tflite_agrees_with_keras_on_at_least_90_percent(trained_small_mode
     result = evaluate_tflite(tflite, trained_small_model["test_images"], trained_small_model["test_labels"],
                              reference_probs=trained_small_model["keras_probs"])
 
-    assert tflite.input_dtype == np.uint8 and tflite.output_dtype == np.uint8
+    assert tflite.input_dtype == np.int8 and tflite.output_dtype == np.int8
     assert result["agreement"] >= 0.90, result
     assert len(variants["int8"]) < 0.35 * len(variants["float32"])
+    placed = placement(variants["int8"])
+    assert "HARD_SWISH" not in {op["op"] for op in placed["ops"]}, "int8 hard-swish falls back to LiteRT's kernel"
+    assert placed["partitions"] == 1, [op for op in placed["ops"] if not op["delegated"]]
 
 
 def test_written_tflite_file_runs_the_same(trained_small_model, tmp_path):
@@ -115,7 +130,7 @@ def _tiny_model() -> keras.Model:
 
 
 def test_int8_outputs_are_dequantised_with_scale_and_zero_point():
-    """A linear output spans negative and positive values, so its uint8 zero point is not 0."""
+    """A linear output spans negative and positive values, so its int8 zero point is not at either end."""
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 3))
     x = layers.GlobalAveragePooling2D()(layers.Conv2D(4, 3, activation="relu")(inputs))
@@ -125,7 +140,7 @@ def test_int8_outputs_are_dequantised_with_scale_and_zero_point():
     scale, zero_point = tflite.interpreter.get_output_details()[0]["quantization"]
     expected = keras.ops.convert_to_numpy(model(images))
 
-    assert expected.min() < 0 < expected.max() and zero_point not in (0, 255)
+    assert expected.min() < 0 < expected.max() and zero_point not in (-128, 127)
     np.testing.assert_allclose(tflite.predict(images), expected, rtol=0, atol=3 * scale)
 
 
@@ -150,3 +165,74 @@ def test_tflite_model_rejects_bad_inputs(tmp_path):
         TFLiteModel(tmp_path / "missing.tflite")
     with pytest.raises(ValueError, match="num_threads"):
         TFLiteModel(convert(_tiny_model(), "float32"), num_threads=0)
+
+
+def _residual_model(survival: float = 0.8) -> keras.Model:
+    """Two MB blocks with stochastic depth, as the models build them: one ends in ReLU, one in hard-swish."""
+    make = LayerFactory(ModelOptions(), l2=0.0)
+    inputs = keras.Input((8, 8, 8))
+    x = inverted_residual(inputs, MBArgs(16, 8, 3, 1, "RE", "se", survival), "relu_block", make)
+    x = inverted_residual(x, MBArgs(16, 8, 3, 1, "HS", "none", survival), "hs_block", make)
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, layers.Dense(4)(x))
+
+
+def _op_counts(tflite_bytes: bytes) -> dict[str, int]:
+    ops = [op["op"] for op in placement(tflite_bytes)["ops"]]
+    return {name: ops.count(name) for name in set(ops)}
+
+
+def test_stochastic_depth_fold_keeps_outputs_within_1e_5_and_drops_the_multiply():
+    keras.utils.set_random_seed(3)
+    images = np.random.default_rng(3).random((6, 8, 8, 8), dtype=np.float32)
+    model = _residual_model()
+    _set_batchnorm_statistics(model, images)
+    expected = keras.ops.convert_to_numpy(model(images, training=False))
+    weights_before = [w.copy() for w in model.get_weights()]
+
+    fused, decomposed = lean_inference_model(model, "fused"), lean_inference_model(model, "decomposed")
+
+    for lean in (fused, decomposed):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(lean(images, training=False)), expected,
+                                   rtol=0, atol=1e-5)
+    # ReLU branch folded into its BatchNorm; the hard-swish branch keeps p unless hard-swish is written out.
+    assert [type(layer).__name__ for layer in fused.layers].count("StochasticDepth") == 1
+    assert not any(isinstance(layer, StochasticDepth) for layer in decomposed.layers)
+    np.testing.assert_allclose(fused.get_layer("relu_block_project_conv_bn").gamma.numpy(),
+                               0.8 * model.get_layer("relu_block_project_conv_bn").gamma.numpy(), rtol=1e-6)
+    # The model itself is untouched: same weights, each layer still called once.
+    for before, after in zip(weights_before, model.get_weights()):
+        np.testing.assert_array_equal(before, after)
+    assert all(len(layer._inbound_nodes) == 1 for layer in model.layers[1:])
+
+    plain, lean = convert_variants(model, ("float32",), lean=False), convert_variants(model, ("float32",))
+    assert _op_counts(lean["float32"])["MUL"] == _op_counts(plain["float32"])["MUL"] - 1
+    np.testing.assert_allclose(TFLiteModel(lean["float32"]).predict(images.clip(0, 1)),
+                               keras.ops.convert_to_numpy(model(images.clip(0, 1), training=False)),
+                               rtol=0, atol=1e-5)
+
+
+def test_int8_recipe_options_reach_the_converted_model():
+    keras.utils.set_random_seed(0)
+    images = np.random.default_rng(0).random((20, 8, 8, 3), dtype=np.float32)
+    uint8 = TFLiteModel(convert(_tiny_model(), "int8", images, int8_recipe=Int8Recipe(io_dtype="uint8")))
+    assert uint8.input_dtype == np.uint8 and uint8.output_dtype == np.uint8
+
+    def conv_kernel_scales(recipe: Int8Recipe) -> int:
+        """Quantisation scales of the 3x3 conv's kernel (4 filters): 4 per channel, 1 per tensor."""
+        interpreter = TFLiteModel(convert(_tiny_model(), "int8", images, int8_recipe=recipe)).interpreter
+        (kernel,) = [d for d in interpreter.get_tensor_details() if tuple(d["shape"]) == (4, 3, 3, 3)]
+        return len(kernel["quantization_parameters"]["scales"])
+
+    assert conv_kernel_scales(Int8Recipe()) == 4
+    assert conv_kernel_scales(Int8Recipe(per_channel=False)) == 1
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"io_dtype": "int16"}, "io_dtype"),
+    ({"hard_swish": "approximate"}, "hard_swish"),
+    ({"per_channel": "yes"}, "per_channel"),
+])
+def test_int8_recipe_rejects_unknown_choices(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        Int8Recipe(**arguments)
