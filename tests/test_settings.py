@@ -106,7 +106,9 @@ def test_misspelled_keys_are_named_with_a_suggestion_and_the_valid_ones(good):
     with pytest.raises(ParamsError) as info:
         validate(params)
     message = str(info.value)
-    assert "train.epoch: unknown key (did you mean 'epochs'?); allowed: recipe, seeds, epochs" in message
+    assert "train.epoch: unknown key (did you mean 'epochs'?); allowed: " in message
+    allowed = message.split("train.epoch: unknown key (did you mean 'epochs'?); allowed: ")[1].split("\n")[0]
+    assert {"seeds", "recipe", "epochs", "learning_rate", "model_mode"} <= set(allowed.split(", "))
     assert "per_model.our_small.lerning_rate: unknown key (did you mean 'learning_rate'?)" in message
     assert "trian: unknown key (did you mean 'train'?)" in message
 
@@ -124,7 +126,7 @@ JUNK = st.one_of(st.text(max_size=8), st.floats(allow_nan=True), st.integers(-10
                  st.none(), st.lists(st.integers(-3, 3), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(leaf=st.sampled_from(LEAVES), value=JUNK)
 def test_any_junk_value_is_refused_by_name_or_accepted_never_a_traceback(good, leaf, value):
     """Property: a generated value for any key either validates or fails as a ParamsError naming the key."""

@@ -10,9 +10,8 @@ naming its key, what is allowed and what was given.
 """
 from __future__ import annotations
 
-import dataclasses
 import difflib
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, create_model
@@ -61,10 +60,9 @@ class DataSettings(Section):
 
 
 def _train_config_fields() -> dict[str, tuple[Any, str]]:
-    """TrainConfig's fields as {name: (annotation, description)}, pydantic model or dataclass."""
-    if isinstance(TrainConfig, type) and issubclass(TrainConfig, BaseModel):
-        return {name: (info.annotation, info.description or "") for name, info in TrainConfig.model_fields.items()}
-    return {f.name: (f.type if not isinstance(f.type, str) else Any, "") for f in dataclasses.fields(TrainConfig)}
+    """TrainConfig's fields as {name: (annotation with its constraints, description)}."""
+    return {name: (Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation,
+                   info.description or "") for name, info in TrainConfig.model_fields.items()}
 
 
 def _optional_train_fields() -> dict[str, Any]:
