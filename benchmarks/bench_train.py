@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -148,16 +149,20 @@ def load_inputs(args: argparse.Namespace, config) -> tuple:
 
         val = val.apply(tf.data.experimental.assert_cardinality(-(-args.val_images // config.batch_size)))
         return train, val, "tf.data (data/processed)"
-    from lightcnn.data.arrays import load_image_arrays
+    from lightcnn.data.arrays import ImageArrays, load_image_arrays
 
-    per_class = -(-args.steps * config.batch_size // 8)  # 80% train after the validation split
-    per_class = max(per_class, -(-args.val_images // 2))  # 20% validation
-    data = load_image_arrays(args.archive, max_per_class=per_class // 10 + 1)
+    train_images = args.steps * config.batch_size
+    # Enough images per class for both after preprocess's 80/20 split (CIFAR-10: 5,000 per class).
+    per_class = max(math.ceil(train_images / 10 / 0.8), math.ceil(args.val_images / 10 / 0.2)) + 1
+    data = load_image_arrays(args.archive, max_per_class=min(per_class, 5000))
     train, val = data["train"], data["val"]
-    from lightcnn.data.arrays import ImageArrays
+    if len(train) < train_images or len(val) < args.val_images:
+        sys.exit(f"error: CIFAR-10 has too few images for {args.steps} steps of {config.batch_size} and "
+                 f"{args.val_images} validation images")
+    import numpy as np
 
-    train = ImageArrays(train.images[:args.steps * config.batch_size], train.labels[:args.steps * config.batch_size],
-                        train.class_names)
+    picked = np.sort(np.random.default_rng(0).permutation(len(train))[:train_images])  # all classes
+    train = ImageArrays(train.images[picked], train.labels[picked], train.class_names)
     val = ImageArrays(val.images[:args.val_images], val.labels[:args.val_images], val.class_names)
     return train, val, "arrays (in memory)"
 

@@ -1,0 +1,141 @@
+"""Data-parallel training on real engines, on CPUs: two logical devices per backend, and two
+JAX processes joined over 127.0.0.1 (gloo), each in its own subprocess.
+
+Data-parallel training of a global batch computes the same step as one device on the whole
+batch (BatchNormalization statistics over the whole batch on both backends). Summation order
+differs, so the weights agree within a tolerance, not bit for bit: after 8 SGD steps every
+weight is within TOLERANCE of the single-device one. SGD, because its update is proportional
+to the gradient: Adam-type updates turn the rounding noise of gradients that are nearly 0
+(conv biases ahead of BatchNorm) into full-size steps of random sign, on one device as on two.
+Dropout and stochastic depth are off in the comparison: TensorFlow replicas draw their own masks.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from tests.conftest import CIFAR10_JPEG, PROJECT_ROOT
+from tests.test_backends import BLOCK_TENSORFLOW, weight_arrays
+
+TOLERANCE = 2e-4
+
+COMPARE = """
+import json, sys
+from lightcnn.training import resolve_config, select_backend
+backend = {backend!r}
+select_backend(backend)
+{setup}
+from lightcnn.data.arrays import load_image_arrays
+from lightcnn.training import train_model
+data = load_image_arrays({archive!r}, max_per_class=20)   # 160 train: 8 steps of 20
+replicas = {{}}
+for distribution in ("none", "data_parallel"):
+    config = resolve_config("default", epochs=1, batch_size=20, warmup_epochs=0.5, dropout=0.0,
+                            stochastic_depth=False, optimizer="sgd", learning_rate=0.01, weight_decay=0.0,
+                            backend=backend, distribution=distribution)
+    train, val = data["train"], data["val"]
+    {to_inputs}
+    summary = train_model("our_small", 10, (32, 32, 3), train, val, config, {out!r} + "/" + distribution,
+                          verbose=0)
+    replicas[distribution] = summary["replicas"]
+print("REPLICAS", json.dumps(replicas))
+"""
+
+TF_SETUP = """
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+"""
+
+# The TensorFlow stage feeds tf.data: test that path (MirroredStrategy splits the dataset).
+TF_DATASETS = """
+    def as_dataset(split):
+        images = split.images.astype("float32") / 255.0
+        labels = np.eye(10, dtype="float32")[split.labels]
+        return tf.data.Dataset.from_tensor_slices((images, labels)).batch(20)
+    import numpy as np
+    train, val = as_dataset(train), as_dataset(val)
+"""
+
+
+def run(code: str, env: dict, block_tensorflow: bool) -> str:
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(PROJECT_ROOT), **env}
+    script = (BLOCK_TENSORFLOW if block_tensorflow else "") + code
+    result = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, env=environment, capture_output=True,
+                            text=True, timeout=1500)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result.stdout
+
+
+def assert_close_weights(single: dict[str, np.ndarray], parallel: dict[str, np.ndarray]) -> None:
+    model_weights = [name for name in single if name.startswith("layers/")]
+    assert model_weights and single.keys() == parallel.keys()
+    worst = max(float(np.max(np.abs(single[name] - parallel[name]), initial=0)) for name in model_weights)
+    assert worst <= TOLERANCE, f"largest weight difference {worst:.2e} > {TOLERANCE}"
+
+
+@pytest.mark.parametrize("backend", ["jax", "tensorflow"])
+def test_data_parallel_on_two_devices_matches_one_device(backend, tmp_path, shared_data):
+    if backend == "jax":
+        env = {"KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+        code = COMPARE.format(backend=backend, setup="", archive=str(CIFAR10_JPEG), out=str(tmp_path),
+                              to_inputs="")
+    else:
+        env = {"KERAS_BACKEND": "tensorflow"}
+        code = COMPARE.format(backend=backend, setup=TF_SETUP, archive=str(CIFAR10_JPEG), out=str(tmp_path),
+                              to_inputs=TF_DATASETS.strip())
+    output = run(code, env, block_tensorflow=backend == "jax")
+    assert 'REPLICAS {"none": 1, "data_parallel": 2}' in output, output[-2000:]
+    assert_close_weights(weight_arrays(tmp_path / "none"), weight_arrays(tmp_path / "data_parallel"))
+
+
+MULTI_PROCESS = """
+import sys
+from lightcnn.training import resolve_config, prepare_process
+config = resolve_config("default", epochs=1, batch_size=20, warmup_epochs=0.5, backend="jax",
+                        distribution="data_parallel")
+prepare_process(config)   # joins the other process (JAX_* variables) before JAX computes anything
+import jax
+from lightcnn.data.arrays import load_image_arrays
+from lightcnn.training import train_model
+data = load_image_arrays({archive!r}, max_per_class=20)
+summary = train_model("our_small", 10, (32, 32, 3), data["train"], data["val"], config, {out!r}, verbose=0)
+print("PROCESS", jax.process_index(), jax.process_count(), summary["replicas"])
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_jax_processes_train_together_and_end_with_identical_weights(tmp_path, shared_data):
+    port = free_port()
+    processes = []
+    for process_id in (0, 1):
+        env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(PROJECT_ROOT),
+               "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
+               "JAX_PROCESS_ID": str(process_id)}
+        code = BLOCK_TENSORFLOW + textwrap.dedent(MULTI_PROCESS).format(
+            archive=str(CIFAR10_JPEG), out=str(tmp_path / f"process-{process_id}"))
+        processes.append(subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    try:
+        outputs = [process.communicate(timeout=1500)[0] for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    for process_id, (process, output) in enumerate(zip(processes, outputs)):
+        assert process.returncode == 0, output[-5000:]
+        assert f"PROCESS {process_id} 2 2" in output, output[-2000:]
+    first, second = weight_arrays(tmp_path / "process-0"), weight_arrays(tmp_path / "process-1")
+    assert first.keys() == second.keys()
+    assert [name for name in first if not np.array_equal(first[name], second[name])] == []
