@@ -100,6 +100,8 @@ def main() -> None:
     parser.add_argument("--accuracy-images", type=int, default=2000)
     parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--reuse", action="store_true",
+                        help="take a model's .tflite files from OUT/tflite when all are there (no conversion)")
     args = parser.parse_args()
     if not args.archive.is_file():
         parser.error(f"CIFAR-10 archive not found at {args.archive}; pass --archive or set LIGHTCNN_SHARED_DATA")
@@ -121,19 +123,24 @@ def main() -> None:
     tflite_dir = args.out / "tflite"
     files, accuracy = {}, {}
     for name, (model, trained) in models.items():
-        variants = convert_variants(model, VARIANTS, calibration)
-        extra = {}
+        names = list(VARIANTS)
         if levers and name in args.lever_models:
-            extra["float32 no fold"] = convert_variants(model, ("float32",), lean=False)["float32"]
-            for lever, recipe in levers.items():
-                extra[lever] = convert_variants(model, ("int8",), calibration, int8_recipe=recipe)["int8"]
-        for variant, data in {**variants, **extra}.items():
-            slug = variant.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
-            files[(name, variant)] = write_tflite(tflite_dir / f"{name}_{slug}.tflite", data)
+            names += ["float32 no fold", *levers]
+        paths = {variant: tflite_dir / f"{name}_{_slug(variant)}.tflite" for variant in names}
+        if args.reuse and all(path.is_file() for path in paths.values()):
+            files.update({(name, variant): path for variant, path in paths.items()})
+        else:
+            converted = convert_variants(model, VARIANTS, calibration)
+            if len(names) > len(VARIANTS):
+                converted["float32 no fold"] = convert_variants(model, ("float32",), lean=False)["float32"]
+                for lever, recipe in levers.items():
+                    converted[lever] = convert_variants(model, ("int8",), calibration, int8_recipe=recipe)["int8"]
+            for variant, data in converted.items():
+                files[(name, variant)] = write_tflite(paths[variant], data)
         if trained:
             keras_probs = model.predict(test_images, batch_size=256, verbose=0)
             accuracy[name] = {"keras": float(np.mean(keras_probs.argmax(1) == test_labels))}
-            for variant in {**variants, **extra}:
+            for variant in names:
                 result = evaluate_tflite(TFLiteModel(files[(name, variant)]), test_images, test_labels,
                                          reference_probs=keras_probs)
                 accuracy[name][variant] = {"top1": result["top1"], "agreement": result["agreement"]}
@@ -153,6 +160,10 @@ def main() -> None:
     if accuracy:
         markdown += ["## Accuracy on the test images", "", _accuracy_table(accuracy, len(test_labels))]
 
+    io.write_json(args.out / "latency.json", measurement)
+    io.write_text(args.out / "latency.md", "\n".join(markdown))
+    print("\n".join(markdown), flush=True)
+
     profiles, profile_lines = {}, ["# Op profiles (1 thread)", ""]
     for (name, variant), path in main_files.items():
         profile = op_profile(path, threads=1)
@@ -160,13 +171,15 @@ def main() -> None:
         profile_lines.append(profile_markdown(profile, f"{name} {variant}"))
     print(f"profiled ({time.time() - started:.0f} s)", flush=True)
 
-    io.write_json(args.out / "latency.json", measurement)
     io.write_json(args.out / "op_profiles.json", profiles)
-    (args.out / "latency.md").write_text("\n".join(markdown))
-    (args.out / "op_profiles.md").write_text("\n".join(profile_lines))
-    print("\n".join(markdown))
+    io.write_text(args.out / "op_profiles.md", "\n".join(profile_lines))
     print("\n".join(profile_lines))
     print(f"written to {args.out}; load average at the end: {load_average()}")
+
+
+def _slug(variant: str) -> str:
+    """A file-name form of a variant or lever name."""
+    return "".join(c for c in variant.replace(" ", "_") if c.isalnum() or c in "_-")
 
 
 def _lever_table(measurement: dict, models: dict, accuracy: dict, threads: list[int]) -> str:

@@ -90,14 +90,36 @@ def placement(tflite_model: str | os.PathLike | bytes, threads: int = 1) -> dict
     return {"partitions": len(delegates), "ops": ops}
 
 
-def _one_op_model(model, op_index: int) -> bytes:
-    """A TFLite flatbuffer holding op `op_index` of subgraph 0 alone (constant inputs kept)."""
+def _constant_ops(model) -> dict[int, int]:
+    """{output tensor: op index} of ops whose inputs are all constants (float16 weights' DEQUANTIZE).
+
+    XNNPACK reads such ops' outputs as static weights, computed once when the model loads;
+    alone, without the op that uses them, they cannot run in XNNPACK at all.
+    """
+    subgraph = model.subgraphs[0]
+
+    def constant(tensor: int) -> bool:
+        data = model.buffers[subgraph.tensors[tensor].buffer].data
+        return data is not None and len(data) > 0
+
+    return {int(out): index for index, op in enumerate(subgraph.operators)
+            if len(op.inputs) and all(t >= 0 and constant(int(t)) for t in op.inputs)
+            for out in op.outputs if out >= 0}
+
+
+def _one_op_model(model, op_index: int, constant_ops: dict[int, int]) -> bytes:
+    """A TFLite flatbuffer holding op `op_index` of subgraph 0 alone: its constant inputs kept,
+    and the constant ops (see _constant_ops) that make its weights kept before it."""
     from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.tools import flatbuffer_utils
 
     subgraph = model.subgraphs[0]
     op = copy.copy(subgraph.operators[op_index])
-    used = list(dict.fromkeys(int(t) for t in [*op.inputs, *op.outputs, *(op.intermediates or [])] if t >= 0))
+    prelude = [copy.copy(subgraph.operators[constant_ops[int(t)]]) for t in op.inputs if int(t) in constant_ops]
+    used = list(dict.fromkeys(int(t) for o in prelude for t in [*o.inputs, *o.outputs] if t >= 0))
+    used += [t for t in dict.fromkeys(int(t) for t in [*op.inputs, *op.outputs, *(op.intermediates or [])]
+                                      if t >= 0) if t not in used]
+    made_inside = {int(t) for o in prelude for t in o.outputs}
     buffers, tensors, remap, graph_inputs = [schema.BufferT()], [], {}, []
     for old in used:
         tensor = copy.copy(subgraph.tensors[old])
@@ -108,16 +130,18 @@ def _one_op_model(model, op_index: int) -> bytes:
         else:
             buffers.append(schema.BufferT())  # each runtime tensor its own empty buffer, as the converter does
             tensor.buffer = len(buffers) - 1
-            if old in op.inputs:
+            if old in op.inputs and old not in made_inside:
                 graph_inputs.append(len(tensors))
         remap[old] = len(tensors)
         tensors.append(tensor)
-    op.inputs = [remap[int(t)] if t >= 0 else -1 for t in op.inputs]
-    op.outputs = [remap[int(t)] for t in op.outputs if t >= 0]
+    for each in [*prelude, op]:
+        each.inputs = [remap[int(t)] if t >= 0 else -1 for t in each.inputs]
+        each.outputs = [remap[int(t)] for t in each.outputs if t >= 0]
     if op.intermediates is not None:
         op.intermediates = [remap[int(t)] for t in op.intermediates if t >= 0]
     single = schema.SubGraphT()
-    single.tensors, single.inputs, single.outputs, single.operators = tensors, graph_inputs, op.outputs, [op]
+    single.tensors, single.inputs, single.outputs = tensors, graph_inputs, op.outputs
+    single.operators = [*prelude, op]
     single.name = f"op{op_index}"
     lone = schema.ModelT()
     lone.version, lone.operatorCodes, lone.description = model.version, model.operatorCodes, "one op"
@@ -146,7 +170,9 @@ def op_profile(tflite_model: str | os.PathLike | bytes, threads: int = 1, rounds
     runs_per_round, method}, "partitions", "whole_graph": {median_ms, p90_ms, ...} (the model
     timed as a whole, interleaved with its ops), "sum_of_ops_ms", "ops": [{index, op, dtype,
     output_shape, delegated, partition, median_us, p90_us}], "by_op": [{op, dtype, where,
-    count, total_us, share}] sorted by total time}.
+    count, total_us, share}] sorted by total time}. Ops with constant inputs only (the
+    DEQUANTIZE of float16 weights, which XNNPACK computes once at load) and any op that
+    cannot run alone have median_us None and a "note" saying why.
     """
     from ai_edge_litert.tools import flatbuffer_utils
 
@@ -159,16 +185,26 @@ def op_profile(tflite_model: str | os.PathLike | bytes, threads: int = 1, rounds
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(data))
     if len(model.subgraphs) != 1:
         raise ValueError(f"op_profile handles single-subgraph models, this one has {len(model.subgraphs)}")
-    if len(model.subgraphs[0].operators) != len(placed["ops"]):
+    if len(model.subgraphs[0].operators) != len(placed["ops"]) or any(
+            op["index"] != position for position, op in enumerate(placed["ops"])):
         raise RuntimeError("LiteRT's op list and the flatbuffer's differ in length; cannot match ops to times")
 
     rng = np.random.default_rng(seed)
     whole = _interpreter(data, threads)
     _fill_inputs(whole, rng)
-    timed = [("whole", whole)]
+    timed, notes = [("whole", whole)], {}
+    constant_ops = _constant_ops(model)
     for op in placed["ops"]:
-        interpreter = _interpreter(_one_op_model(model, op["index"]), threads)
-        _fill_inputs(interpreter, rng)
+        if op["index"] in constant_ops.values():
+            notes[op["index"]] = "constant: computed once when the model loads (not timed)"
+            continue
+        try:
+            interpreter = _interpreter(_one_op_model(model, op["index"], constant_ops), threads)
+            _fill_inputs(interpreter, rng)
+            interpreter.invoke()
+        except (RuntimeError, ValueError) as error:  # reported with the op, not fatal to the profile
+            notes[op["index"]] = f"could not run alone: {error}"
+            continue
         timed.append((op["index"], interpreter))
     times = {key: np.empty((rounds, runs_per_round)) for key, _ in timed}
     for _, interpreter in timed:
@@ -187,14 +223,17 @@ def op_profile(tflite_model: str | os.PathLike | bytes, threads: int = 1, rounds
 
     ops = []
     for op in placed["ops"]:
-        flat = times[op["index"]].ravel() * 1000
-        ops.append({**op, "median_us": float(np.median(flat)), "p90_us": float(np.percentile(flat, 90))})
+        if op["index"] in times:
+            flat = times[op["index"]].ravel() * 1000
+            ops.append({**op, "median_us": float(np.median(flat)), "p90_us": float(np.percentile(flat, 90))})
+        else:
+            ops.append({**op, "median_us": None, "p90_us": None, "note": notes[op["index"]]})
     groups: dict[tuple, dict] = defaultdict(lambda: {"count": 0, "total_us": 0.0})
     for op in ops:
         group = groups[(op["op"], op["dtype"], "XNNPACK" if op["delegated"] else "LiteRT builtin")]
         group["count"] += 1
-        group["total_us"] += op["median_us"]
-    sum_us = sum(op["median_us"] for op in ops)
+        group["total_us"] += op["median_us"] or 0.0
+    sum_us = sum(op["median_us"] or 0.0 for op in ops)
     by_op = sorted(({"op": op, "dtype": dtype, "where": where, "count": group["count"],
                      "total_us": group["total_us"], "share": group["total_us"] / sum_us if sum_us else 0.0}
                     for (op, dtype, where), group in groups.items()), key=lambda row: -row["total_us"])

@@ -151,6 +151,16 @@ def test_default_variants_run_entirely_in_one_xnnpack_partition(tiny_files, vari
     assert "HARD_SWISH" not in {op["op"] for op in placed["ops"]} or variant != "int8"
 
 
+def test_profile_of_float16_leaves_weight_dequantize_untimed_and_times_the_rest(tiny_files):
+    profile = op_profile(tiny_files[("narrow", "float16")], threads=1, rounds=2, runs_per_round=1, warmup=0)
+
+    dequantize = [op for op in profile["ops"] if op["op"] == "DEQUANTIZE"]
+    assert dequantize and all(op["median_us"] is None and "constant" in op["note"] for op in dequantize)
+    timed = [op for op in profile["ops"] if op["op"] != "DEQUANTIZE"]
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"} <= {op["op"] for op in timed}
+    assert all(op["median_us"] > 0 and op["delegated"] for op in timed)
+
+
 def test_profile_rejects_what_is_not_a_tflite_model(tmp_path):
     with pytest.raises(ValueError, match="TFL3"):
         op_profile(b"not a model at all")
