@@ -101,7 +101,7 @@ def main() -> None:
     parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--reuse", action="store_true",
-                        help="take a model's .tflite files from OUT/tflite when all are there (no conversion)")
+                        help="take .tflite files already in OUT/tflite; convert only the missing ones")
     args = parser.parse_args()
     if not args.archive.is_file():
         parser.error(f"CIFAR-10 archive not found at {args.archive}; pass --archive or set LIGHTCNN_SHARED_DATA")
@@ -127,16 +127,18 @@ def main() -> None:
         if levers and name in args.lever_models:
             names += ["float32 no fold", *levers]
         paths = {variant: tflite_dir / f"{name}_{_slug(variant)}.tflite" for variant in names}
-        if args.reuse and all(path.is_file() for path in paths.values()):
-            files.update({(name, variant): path for variant, path in paths.items()})
-        else:
-            converted = convert_variants(model, VARIANTS, calibration)
-            if len(names) > len(VARIANTS):
-                converted["float32 no fold"] = convert_variants(model, ("float32",), lean=False)["float32"]
-                for lever, recipe in levers.items():
-                    converted[lever] = convert_variants(model, ("int8",), calibration, int8_recipe=recipe)["int8"]
-            for variant, data in converted.items():
-                files[(name, variant)] = write_tflite(paths[variant], data)
+        missing = [variant for variant in names if not (args.reuse and paths[variant].is_file())]
+        converted = {}
+        if any(variant in VARIANTS for variant in missing):
+            converted.update(convert_variants(model, [v for v in VARIANTS if v in missing], calibration))
+        if "float32 no fold" in missing:
+            converted["float32 no fold"] = convert_variants(model, ("float32",), lean=False)["float32"]
+        for lever, recipe in levers.items():
+            if lever in missing:
+                converted[lever] = convert_variants(model, ("int8",), calibration, int8_recipe=recipe)["int8"]
+        for variant in names:
+            files[(name, variant)] = write_tflite(paths[variant], converted[variant]) if variant in converted \
+                else paths[variant]
         if trained:
             keras_probs = model.predict(test_images, batch_size=256, verbose=0)
             accuracy[name] = {"keras": float(np.mean(keras_probs.argmax(1) == test_labels))}

@@ -152,6 +152,9 @@ def lean_inference_model(model, hard_swish: str = "fused", fold_stochastic_depth
     - hard_swish="decomposed": every hard-swish Activation becomes relu6(x + 3) * (x / 6),
       which the converter keeps as ADD (fused RELU6), MUL, MUL instead of one HARD_SWISH
       op; equal in real arithmetic, and what XNNPACK runs in int8. "fused" leaves it.
+      Where such a hard-swish feeds one Conv2D / DepthwiseConv2D only, the 1/6 goes into
+      that convolution's kernel (it is linear in its input) and hard-swish becomes
+      relu6(x + 3) * x: ADD, MUL.
 
     The outputs equal the model's at inference up to float rounding. The clone has its own
     layers with copies of the model's weights (the model is left unchanged); it is for
@@ -173,6 +176,18 @@ def lean_inference_model(model, hard_swish: str = "fused", fold_stochastic_depth
                 == "hard_silu":
             hard_swish_scale[_single_producer(layer._inbound_nodes[0].input_tensors[1]).name] = adds[layer.name]
 
+    # Decomposed hard-swishes that feed one convolution only: the convolution (linear in its
+    # input) takes the 1/6 in its kernel, so hard-swish is relu6(x + 3) * x, one MUL fewer.
+    one_sixth_into = {}
+    if hard_swish == "decomposed":
+        for layer in model.layers:
+            if (_activation_name(layer) == "hard_silu" and layer.name not in hard_swish_scale
+                    and len(layer._inbound_nodes) == 1 and len(layer._outbound_nodes) == 1):
+                consumer = layer._outbound_nodes[0].operation
+                if isinstance(consumer, keras.layers.Conv2D | keras.layers.DepthwiseConv2D) \
+                        and len(consumer._inbound_nodes) == 1:
+                    one_sixth_into[layer.name] = consumer.name
+
     def clone_layer(layer):
         # Fresh layers (weights copied below): sharing the model's own would add call nodes to
         # them, and the model's graph must stay as it was.
@@ -184,6 +199,8 @@ def lean_inference_model(model, hard_swish: str = "fused", fold_stochastic_depth
             return ops.add(shortcut, residual)
         if hard_swish == "decomposed" and _activation_name(layer) == "hard_silu":
             (x,) = args
+            if layer.name in one_sixth_into:
+                return ops.relu6(x + 3.0) * x
             scale = hard_swish_scale.get(layer.name, 1.0)
             return ops.relu6(x + 3.0) * (x * (scale / 6.0))
         return layer(*args, **kwargs)
@@ -197,6 +214,8 @@ def lean_inference_model(model, hard_swish: str = "fused", fold_stochastic_depth
             gamma, beta, moving_mean, moving_variance = weights
             survival = batchnorms[layer.name]
             weights = [gamma * survival, beta * survival, moving_mean, moving_variance]
+        if layer.name in one_sixth_into.values():
+            weights = [weights[0] / 6.0, *weights[1:]]  # the kernel; the bias is unchanged
         lean.get_layer(layer.name).set_weights(weights)
     return lean
 

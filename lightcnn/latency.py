@@ -183,8 +183,23 @@ def find_result(measurement: dict, model: str, variant: str, threads: int) -> di
     raise KeyError(f"no latency result for model {model!r}, variant {variant!r}, {threads} thread(s)")
 
 
-def _cell(result: dict) -> str:
+def _cell(result: dict | None) -> str:
+    if result is None:
+        return "n/a"
     return f"{result['median_ms']:.3g} [{result['ci95_low_ms']:.3g}, {result['ci95_high_ms']:.3g}]"
+
+
+def _lookup(measurement: dict, model: str, variant: str, threads: int) -> dict | None:
+    try:
+        return find_result(measurement, model, variant, threads)
+    except KeyError:
+        return None
+
+
+def _ratio(numerator: dict | None, denominator: dict | None, form: str) -> str:
+    if numerator is None or denominator is None:
+        return "n/a"
+    return form.format(numerator["median_ms"] / denominator["median_ms"])
 
 
 def latency_markdown(measurement: dict, pairs: Mapping[str, str] | None = None,
@@ -195,7 +210,8 @@ def latency_markdown(measurement: dict, pairs: Mapping[str, str] | None = None,
     variant's speed-up over `reference_variant` (reference time / variant time, > 1 is
     faster). `pairs` ({model: the model it is compared with}, e.g. {"our_small":
     "mobilenetv3_small"}) adds a table of time ratios model / compared model per variant
-    (< 1: the model is faster). A context line names the CPU, LiteRT and the run.
+    (< 1: the model is faster). A context line names the CPU, LiteRT and the run. A
+    (model, variant, threads) that was not measured shows as n/a.
     """
     context, results = measurement["context"], measurement["results"]
     models = list(dict.fromkeys(result["model"] for result in results))
@@ -215,10 +231,10 @@ def latency_markdown(measurement: dict, pairs: Mapping[str, str] | None = None,
                   + "".join(f" | {head}" for head in speed_heads) + " |",
                   "|---|" + "---:|" * (len(variants) + len(speed_heads))]
         for model in models:
-            row = [_cell(find_result(measurement, model, variant, count)) for variant in variants]
+            row = [_cell(_lookup(measurement, model, variant, count)) for variant in variants]
             if speed_heads:
-                reference = find_result(measurement, model, reference_variant, count)["median_ms"]
-                row += [f"{reference / find_result(measurement, model, variant, count)['median_ms']:.2f}x"
+                reference = _lookup(measurement, model, reference_variant, count)
+                row += [_ratio(reference, _lookup(measurement, model, variant, count), "{:.2f}x")
                         for variant in others]
             lines.append(f"| {model} | " + " | ".join(row) + " |")
         lines.append("")
@@ -228,9 +244,8 @@ def latency_markdown(measurement: dict, pairs: Mapping[str, str] | None = None,
                   "|---|---:|" + "---:|" * len(variants)]
         for model, compared in pairs.items():
             for count in context["threads"]:
-                ratios = [find_result(measurement, model, variant, count)["median_ms"]
-                          / find_result(measurement, compared, variant, count)["median_ms"] for variant in variants]
-                lines.append(f"| {model} / {compared} | {count} | "
-                             + " | ".join(f"{ratio:.2f}" for ratio in ratios) + " |")
+                ratios = [_ratio(_lookup(measurement, model, variant, count),
+                                 _lookup(measurement, compared, variant, count), "{:.2f}") for variant in variants]
+                lines.append(f"| {model} / {compared} | {count} | " + " | ".join(ratios) + " |")
         lines.append("")
     return "\n".join(lines)
