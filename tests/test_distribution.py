@@ -2,12 +2,16 @@
 JAX processes joined over 127.0.0.1 (gloo), each in its own subprocess.
 
 Data-parallel training of a global batch computes the same step as one device on the whole
-batch (BatchNormalization statistics over the whole batch on both backends). Summation order
-differs, so the weights agree within a tolerance, not bit for bit: after 8 SGD steps every
-weight is within TOLERANCE of the single-device one. SGD, because its update is proportional
-to the gradient: Adam-type updates turn the rounding noise of gradients that are nearly 0
-(conv biases ahead of BatchNorm) into full-size steps of random sign, on one device as on two.
-Dropout and stochastic depth are off in the comparison: TensorFlow replicas draw their own masks.
+batch (BatchNormalization statistics over the whole batch on both backends). The comparison
+is one SGD step (update = learning rate x gradient, here 0.01 x 20/128): every weight must
+be within TOLERANCE of the single-device one. Summation order differs, so not bit for bit;
+a wrong split (each device normalising its own half, or training on half the batch) moves
+weights by a whole step (about 1e-3). Over several steps the two drift apart much more:
+these models, with small random-uniform kernels and BatchNorm, amplify rounding
+differences (seen on both engines; Adam also turns the noise of gradients that are nearly 0,
+such as conv biases ahead of BatchNorm, into full-size steps), so longer runs are compared
+by their losses, not their weights. Dropout and stochastic depth are off: TensorFlow
+replicas draw their own masks.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ import pytest
 from tests.conftest import CIFAR10_JPEG, PROJECT_ROOT
 from tests.test_backends import BLOCK_TENSORFLOW, weight_arrays
 
-TOLERANCE = 2e-4
+TOLERANCE = 1e-4
 
 COMPARE = """
 import json, sys
@@ -33,7 +37,7 @@ select_backend(backend)
 {setup}
 from lightcnn.data.arrays import load_image_arrays
 from lightcnn.training import train_model
-data = load_image_arrays({archive!r}, max_per_class=20)   # 160 train: 8 steps of 20
+data = load_image_arrays({archive!r}, max_per_class=3)   # 20 train images: one step of 20; 10 val
 replicas = {{}}
 for distribution in ("none", "data_parallel"):
     config = resolve_config("default", epochs=1, batch_size=20, warmup_epochs=0.5, dropout=0.0,

@@ -212,6 +212,7 @@ def train_model(
         # Batch i of epoch e is a function of (seed, e, i): the recorder tells the batches
         # their epoch, so a resumed run needs no replay of the epochs before.
         train_stream: Any = train_batches
+        train_batches.epoch = resumed_from_epoch
         validation = evaluation_batches(val_ds, config.batch_size, pad_to_multiple_of=placement.replicas)
 
         def on_epoch_start(epoch: int) -> None:
