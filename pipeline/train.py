@@ -7,18 +7,27 @@ A run killed mid-way (even by SIGKILL) resumes from its last completed epoch on 
 """
 from __future__ import annotations
 
-import dataclasses
-import json
+import sys
 
-import keras
+from pipeline.common.backend_choice import select_backend_before_keras
+from pipeline.common.paths import PROJECT_ROOT
 
-from lightcnn import io
-from lightcnn.data import load_manifest, make_dataset
-from lightcnn.training import checkpoint_epoch, resolve_config, seed_everything, train_model
-from pipeline.common import stage, tracking
-from pipeline.common.params import StageParams
-from pipeline.common.paths import PROCESSED_DIR, ModelPaths
-from pipeline.common.settings import TrainSettings
+if __name__ == "__main__":  # before Keras is imported below: it fixes its backend then
+    select_backend_before_keras(PROJECT_ROOT / "params.yaml", sys.argv[1:])
+
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+
+import keras  # noqa: E402
+
+from lightcnn import io  # noqa: E402
+from lightcnn.data import load_manifest, make_dataset, verify_shards  # noqa: E402
+from lightcnn.training import (checkpoint_epoch, is_primary_process, prepare_process, resolve_config,  # noqa: E402
+                               seed_everything, train_model)
+from pipeline.common import stage, tracking  # noqa: E402
+from pipeline.common.params import StageParams  # noqa: E402
+from pipeline.common.paths import PROCESSED_DIR, ModelPaths  # noqa: E402
+from pipeline.common.settings import TrainSettings  # noqa: E402
 
 
 def train_settings(params: StageParams, model: str, seed: int) -> dict:
@@ -46,8 +55,22 @@ class EpochLogger(keras.callbacks.Callback):
 
 def main(params: StageParams, model: str, seed: int) -> None:
     config = resolve_config(**train_settings(params, model, seed))
+    prepare_process(config)  # the backend (checked: selected before Keras), determinism flags, hosts
     manifest = load_manifest(PROCESSED_DIR)
+    verify_shards(PROCESSED_DIR)  # a damaged shard fails here, before an MLflow run is opened
     paths = ModelPaths(model, seed)
+    seed_everything(config)  # before the datasets: their seeded shuffles mix in TF's global seed
+    train_ds = make_dataset(PROCESSED_DIR, "train", config.batch_size, training=True, seed=config.seed,
+                            augment=config.augment, shift_fraction=config.shift_fraction, flip=config.flip)
+    val_ds = make_dataset(PROCESSED_DIR, "val", config.batch_size, training=False)
+    input_shape = (*manifest["image_size"], 3)
+    if not is_primary_process():
+        # Another host of a multi-host launch: it trains its share of each batch; process 0
+        # (the one DVC runs) records the run and writes the stage's outputs.
+        train_model(model, manifest["num_classes"], input_shape, train_ds, val_ds, config, paths.dir / "host-copy",
+                    verbose=0)
+        return
+
     resuming = checkpoint_epoch(paths.dir, config) > 0 and paths.resume_run.exists()
     own_run = json.loads(paths.resume_run.read_text())["run_id"] if resuming else None
     run = tracking.ModelRun.open(model, seed, manifest, adopt_run_id=own_run)
@@ -56,13 +79,8 @@ def main(params: StageParams, model: str, seed: int) -> None:
         run.log_params({"model": model, **tracking.flatten("train", config_dict(config)),
                         **tracking.flatten("data", manifest.get("params", {})),
                         "data.num_classes_effective": manifest["num_classes"]})
-    run.set_tags({"lightcnn.trained": "true"})
+    run.set_tags({"lightcnn.trained": "true", "keras_backend": config.backend})
 
-    seed_everything(config)  # before the datasets: their seeded shuffles mix in TF's global seed
-    train_ds = make_dataset(PROCESSED_DIR, "train", config.batch_size, training=True, seed=config.seed,
-                            augment=config.augment, shift_fraction=config.shift_fraction, flip=config.flip)
-    val_ds = make_dataset(PROCESSED_DIR, "val", config.batch_size, training=False)
-    input_shape = (*manifest["image_size"], 3)
     summary = train_model(model, manifest["num_classes"], input_shape, train_ds, val_ds, config, paths.dir,
                           callbacks=[EpochLogger(run)])
 
