@@ -481,7 +481,7 @@ def header_lines(run: dict, comparison: dict) -> list[str]:
         *_per_model({model: describe_recipe(context["recipes"][model]) for model in models}, "Recipe (ours)"),
         *_per_model({model: context["model_modes"][model] for model in models}, "Model mode"),
         f"- **Seeds**: {seed_line}",
-        f"- **Latency (ours)**: {litert} on **{cpu}**, XNNPACK, one image per inference, milliseconds; "
+        f"- **Latency (ours)**: {litert} on **{cpu}**, XNNPACK, one image per inference, milliseconds, every model and variant timed interleaved in one process (the latency stage: metrics/latency.md); "
         "one run: median with the 90th percentile in brackets; several seeds: mean ± std of the medians.",
         f"- **Commit**: {commit}.",
         f"- **Study columns**: {study}. Its latency is a phone's, ours a CPU's: compare the ranking "

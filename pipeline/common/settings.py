@@ -91,6 +91,8 @@ class BenchmarkSettings(Section):
     threads: list[PositiveInt] = Field(min_length=1)  # type: ignore[valid-type]
     warmup: pydantic.conint(strict=True, ge=0)  # type: ignore[valid-type]
     runs: pydantic.conint(strict=True, ge=200)  # type: ignore[valid-type]
+    rounds: pydantic.conint(strict=True, ge=5)  # type: ignore[valid-type]
+    runs_per_round: PositiveInt  # type: ignore[valid-type]
 
 
 class ReportSettings(Section):
