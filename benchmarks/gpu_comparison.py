@@ -86,7 +86,7 @@ def train_one(args: argparse.Namespace) -> dict:
                      deterministic=not args.nondeterministic)
     if args.epochs is not None:
         overrides.update(epochs=args.epochs, warmup_epochs=min(2.0, args.epochs / 15))
-    config = resolve_config("default", **overrides)
+    config = resolve_config("default", batch_size=args.batch_size, **overrides)  # None: the recipe's
     select_backend(config.backend)
     import jax
     import keras
@@ -144,7 +144,7 @@ def probe_one(args: argparse.Namespace) -> dict:
     train = load_split(args.npz, "train")
     speeds = {}
     for precision in PRECISIONS:
-        config = resolve_config("default", backend="jax", precision=precision,
+        config = resolve_config("default", backend="jax", precision=precision, batch_size=args.batch_size,
                                 steps_per_execution=args.steps_per_execution)
         with dtype_policy(precision):
             model = build_model(args.model, 10, train.image_shape, mode=config.model_mode)
@@ -168,6 +168,8 @@ def run_worker(args: argparse.Namespace, mode: str, model: str, precision: str) 
     command = [sys.executable, __file__, "--worker", mode, "--model", model, "--npz", str(args.npz),
                "--work-dir", str(args.work_dir), "--precision", precision,
                "--steps-per-execution", str(args.steps_per_execution)]
+    if args.batch_size is not None:
+        command += ["--batch-size", str(args.batch_size)]
     if args.epochs is not None:
         command += ["--epochs", str(args.epochs)]
     if args.nondeterministic:
@@ -197,6 +199,8 @@ def main() -> None:
     parser.add_argument("--probe-precisions", action="store_true",
                         help="time each precision per model first and train each in its fastest")
     parser.add_argument("--steps-per-execution", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=None, help="global batch (default: the recipe's 128; "
+                        "the learning rate follows it)")
     parser.add_argument("--nondeterministic", action="store_true", help="skip XLA's deterministic GPU kernels")
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument("--output", type=Path, default=None, help="write the results as JSON here")

@@ -269,11 +269,11 @@ def test_gpu_comparison_script_runs_without_tensorflow(tmp_path, shared_data):
            "PYTHONPATH": f"{blocked.parent}{os.pathsep}{PROJECT_ROOT}"}
     result = subprocess.run(
         [sys.executable, "benchmarks/gpu_comparison.py", "--archive", str(CIFAR10_JPEG), "--epochs", "1",
-         "--max-per-class", "10", "--test-per-class", "4", "--models", "our_small", "--steps-per-execution", "2",
+         "--max-per-class", "10", "--test-per-class", "4", "--models", "our_small", "--steps-per-execution", "2", "--batch-size", "16",
          "--work-dir", str(tmp_path / "work"), "--output", str(output)],
         cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "| our_small | float32 |" in result.stdout
     (row,) = json.loads(output.read_text())["rows"]
-    assert (row["epochs"], row["train_images"], row["test_images"]) == (1, 80, 40)
+    assert (row["epochs"], row["batch_size"], row["train_images"], row["test_images"]) == (1, 16, 80, 40)
     assert 0 <= row["test_accuracy"] <= 1 and row["images_per_second"] > 0 and row["train_seconds"] > 0

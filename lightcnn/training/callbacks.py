@@ -36,6 +36,9 @@ class EpochRecorder(keras.callbacks.Callback):
         self.epoch_start = self.validation_start = time.perf_counter()
 
     def on_test_begin(self, logs: dict | None = None) -> None:
+        # JAX dispatches steps asynchronously: wait for the epoch's last training step (it
+        # wrote the step counter) so that its time is not counted as validation.
+        keras.ops.convert_to_numpy(self.model.optimizer.iterations)
         self.validation_start = time.perf_counter()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
