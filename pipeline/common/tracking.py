@@ -16,6 +16,7 @@ Run ids live in MLflow and in files DVC does not track: they are never DVC depen
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -26,7 +27,7 @@ import subprocess
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from pipeline.common.errors import TrackingError
 from pipeline.common.paths import HOME_ROOT
@@ -125,6 +126,24 @@ def _execution_alive(execution: str) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _fail_fast() -> Iterator[None]:
+    """MLflow's HTTP client retries a refused connection for minutes (7 retries, doubling
+    waits): where the question is only whether the backend answers, ask it briefly."""
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+             "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+    saved = {key: os.environ.get(key) for key in quick}
+    os.environ.update(quick)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _client():
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -178,6 +197,8 @@ class ModelRun:
         execution = execution_id()
         try:
             client = _client()
+            with _fail_fast():
+                client.search_experiments(max_results=1)  # the backend answers, or we stop here
             experiment_id = _get_or_create_experiment(client, experiment_name(manifest))
             if adopt_run_id is not None:
                 client.set_tag(adopt_run_id, EXECUTION_TAG, execution)
@@ -207,22 +228,26 @@ class ModelRun:
         """This execution's run of (model, seed) if one exists (any experiment); never creates one."""
         try:
             client = _client()
-            experiments = [e.experiment_id for e in client.search_experiments()]
+            with _fail_fast():
+                experiments = [e.experiment_id for e in client.search_experiments()]
             runs = client.search_runs(experiments, _run_filter(model, seed)
                                       + f" and tags.`{EXECUTION_TAG}` = '{execution_id()}'", max_results=1)
-            return cls(client, runs[0].info.run_id, created=False) if runs else None
         except Exception:  # noqa: BLE001 - only used on the way out of a failing stage
             return None
+        return cls(client, runs[0].info.run_id, created=False) if runs else None
 
     # -- logging (never fatal) -------------------------------------------------------
     def _safely(self, what: str, fn, *args, **kwargs) -> Any:
+        """Call the backend; after its first failure, stop calling it (each call would retry
+        for minutes) and finish the stage untracked."""
+        if self._warned:
+            return None
         try:
             return fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001
-            if not self._warned:
-                warnings.warn(f"MLflow: {what} failed ({type(exc).__name__}: {exc}); continuing untracked — "
-                              "models and metrics are still written to disk", stacklevel=3)
-                self._warned = True
+            warnings.warn(f"MLflow: {what} failed ({type(exc).__name__}: {exc}); continuing untracked — "
+                          "models and metrics are still written to disk", stacklevel=3)
+            self._warned = True
             return None
 
     def log_params(self, params: dict[str, Any]) -> None:
