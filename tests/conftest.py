@@ -19,3 +19,17 @@ def shared_data() -> Path:
         pytest.fail(f"real test data not found at {SHARED_DATA}: put the shared/ folder beside the project "
                     "or set LIGHTCNN_SHARED_DATA")
     return SHARED_DATA
+
+
+# The end-to-end files take longest: collect them first, so that the two xdist workers start
+# on them and the short files fill in around them (instead of one long file starting last).
+LONGEST_FIRST = ("test_pipeline_faults.py", "test_pipeline_e2e.py", "test_backends.py", "test_distribution.py",
+                 "test_readme_commands.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    def rank(item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: file order and test order within a file are kept
