@@ -18,17 +18,12 @@ from lightcnn.latency import interleaved_latency, latency_markdown
 from lightcnn.profiling import op_profile, profile_markdown
 from pipeline.common import stage
 from pipeline.common.params import StageParams
-from pipeline.common.paths import METRICS_DIR, ModelPaths
+from pipeline.common.paths import LATENCY_JSON, METRICS_DIR, ModelPaths, latency_key as run_key
 
-LATENCY_JSON = METRICS_DIR / "latency.json"
 LATENCY_MD = METRICS_DIR / "latency.md"
 PROFILE_JSON = METRICS_DIR / "op_profiles.json"
 PROFILE_MD = METRICS_DIR / "op_profiles.md"
 PAIRS = {"our_large": "mobilenetv3_large", "our_small": "mobilenetv3_small"}  # ours vs the baseline
-
-
-def run_key(model: str, seed: int) -> str:
-    return f"{model}@{seed}"
 
 
 def main(params: StageParams) -> None:

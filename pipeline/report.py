@@ -13,8 +13,7 @@ from lightcnn.data import describe_source, load_manifest
 from lightcnn.report import build_comparison
 from pipeline.common import stage, tracking
 from pipeline.common.params import StageParams
-from pipeline.common.paths import METRICS_DIR, PROCESSED_DIR, ModelPaths
-from pipeline.latency import LATENCY_JSON, run_key
+from pipeline.common.paths import LATENCY_JSON, METRICS_DIR, PROCESSED_DIR, ModelPaths, latency_key as run_key
 
 
 def interleaved_latency_of(measurement: dict, model: str, seed: int) -> dict:

@@ -139,7 +139,7 @@ def test_any_junk_value_is_refused_by_name_or_accepted_never_a_traceback(good, l
 
 
 def test_stage_params_refuse_a_key_the_stage_does_not_declare(good):
-    view = StageParams("benchmark@our_small-42", good, {"benchmark": {"threads": [1], "warmup": 1, "runs": 200}})
+    view = StageParams("benchmark@our_small-42", good, {"benchmark": dict(good["benchmark"])})
     assert view["benchmark.threads"] == good["benchmark"]["threads"]
     assert view["benchmark"] == good["benchmark"]
     with pytest.raises(ParamsError, match=r"reads 'train.epochs', which its `params:` in dvc.yaml does not declare"):

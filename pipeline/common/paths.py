@@ -13,6 +13,12 @@ RAW_DIR = PROJECT_ROOT / "data" / "raw"
 PROCESSED_DIR = PROJECT_ROOT / "data" / "processed"
 METRICS_DIR = PROJECT_ROOT / "metrics"
 MODEL_METRICS_DIR = METRICS_DIR / "models"
+LATENCY_JSON = METRICS_DIR / "latency.json"          # the latency stage's interleaved figures, read by report
+
+
+def latency_key(model: str, seed: int) -> str:
+    """How the latency stage names one training run's files in LATENCY_JSON."""
+    return f"{model}@{seed}"
 
 
 class ModelPaths:
