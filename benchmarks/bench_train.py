@@ -33,6 +33,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
+from lightcnn.machine import read_cpuinfo  # noqa: E402 - after the project is on the path
 
 RESULTS = PROJECT_ROOT / "benchmarks" / "results" / "bench_train.json"
 DEFAULT_ARCHIVE = PROJECT_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -42,17 +43,8 @@ VECTOR_EXTENSIONS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni",
 
 def cpu_description() -> dict:
     """CPU model, the vector extensions that matter to the kernels, cores and load."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and model in ("", platform.processor() or platform.machine()):
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
-    return {"cpu": model, "vector_extensions": [flag for flag in VECTOR_EXTENSIONS if flag in flags],
+    model, flags = read_cpuinfo()
+    return {"cpu": model, "vector_extensions": [flag for flag in VECTOR_EXTENSIONS if flag in (flags or ())],
             "cpus": os.cpu_count(), "platform": platform.platform(), "load_average_1min": os.getloadavg()[0]}
 
 

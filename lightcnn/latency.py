@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-import platform
 import random
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 
 from lightcnn.export import TFLiteModel
+from lightcnn.machine import cpu_facts
 
 # The x86 / Arm vector extensions that decide which LiteRT (XNNPACK) kernels run.
 VECTOR_EXTENSIONS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "asimd", "asimddp",
@@ -40,20 +39,8 @@ def cpu_info() -> dict:
     vector_extensions lists those of VECTOR_EXTENSIONS present in /proc/cpuinfo's flags
     (x86) or Features (Arm); empty where /proc/cpuinfo cannot be read (not Linux).
     """
-    model_name, flags = "", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip().lower()
-            if key in ("model name", "hardware") and not model_name:
-                model_name = value.strip()
-            elif key in ("flags", "features") and not flags:
-                flags = set(value.split())
-    except OSError:  # not Linux
-        pass
-    return {"model_name": model_name or platform.processor() or platform.machine() or "unknown",
-            "logical_cores": os.cpu_count() or 0,
-            "vector_extensions": [name for name in VECTOR_EXTENSIONS if name in flags]}
+    facts = cpu_facts(VECTOR_EXTENSIONS)
+    return {**facts, "vector_extensions": facts["vector_extensions"] or []}
 
 
 def litert_version() -> str:

@@ -15,13 +15,13 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import platform
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from lightcnn import io
+from lightcnn.machine import cpu_facts
 from lightcnn.study import (PUBLISHED_ACCURACY, STUDY_MODELS, STUDY_PROTOCOL, STUDY_RECIPE_SUMMARY,
                             study_dataset_key)
 
@@ -303,20 +303,7 @@ def update_readme(readme: str | os.PathLike, results_dir: str | os.PathLike, che
 def cpu_description() -> dict:
     """{"model_name", "logical_cores", "vector_extensions"} of this machine (Linux /proc/cpuinfo;
     vector_extensions is None where it cannot be read)."""
-    model_name, flags = "", None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip().lower()
-            if key in ("model name", "hardware") and not model_name:
-                model_name = value.strip()
-            elif key in ("flags", "features") and flags is None:
-                flags = set(value.split())
-    except OSError:  # not Linux
-        pass
-    return {"model_name": model_name or platform.processor() or platform.machine() or "unknown",
-            "logical_cores": os.cpu_count() or 0,
-            "vector_extensions": None if flags is None else [ext for ext in VECTOR_EXTENSIONS if ext in flags]}
+    return cpu_facts(VECTOR_EXTENSIONS)
 
 
 def record_run(results_dir: str | os.PathLike, run: dict, metrics_files: dict[str, str | os.PathLike]) -> Path:
