@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from typing import get_args
 
-from lightcnn.data import arrays
+from lightcnn.data import DataError, arrays
 from lightcnn.data.arrays import ImageArrays, load_image_arrays, shift_and_flip, shifts_and_flips, training_batches
 from lightcnn.models import ATTENTIONS, MODEL_MODES
 from lightcnn.training import BackendError, resolve_config, select_backend, train_model
@@ -277,3 +277,14 @@ def test_gpu_comparison_script_runs_without_tensorflow(tmp_path, shared_data):
     (row,) = json.loads(output.read_text())["rows"]
     assert (row["epochs"], row["batch_size"], row["train_images"], row["test_images"]) == (1, 16, 80, 40)
     assert 0 <= row["test_accuracy"] <= 1 and row["images_per_second"] > 0 and row["train_seconds"] > 0
+
+
+def test_a_cifar_python_archive_is_checked_before_any_pickle_is_loaded(tmp_path):
+    """The in-memory path keeps fetch's promise: an archive in the CIFAR python format that is
+    not the official one (this one is built by the test) is refused by its MD5."""
+    from tests.data_helpers import build_cifar10_archive
+
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    build_cifar10_archive(archive)
+    with pytest.raises(DataError, match="checksum mismatch"):
+        load_image_arrays(archive)

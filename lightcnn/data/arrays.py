@@ -37,8 +37,10 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from lightcnn.data.download import DataError
-from lightcnn.data.preprocess import DEFAULT_IMAGE_SIZE, _CifarUnpickler, _split_train_val, to_rgb
+from lightcnn.data.download import DataError, check_md5
+from lightcnn.data.fetch import CIFAR_ARCHIVES
+from lightcnn.data.preprocess import (DEFAULT_IMAGE_SIZE, _CifarUnpickler, _split_train_val, cifar_batch_images,
+                                      to_rgb)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 CIFAR_PYTHON_FOLDERS = {"cifar-10-batches-py": "cifar10", "cifar-100-python": "cifar100"}
@@ -120,6 +122,9 @@ def load_image_arrays(
         python_folder = next((folder for folder in CIFAR_PYTHON_FOLDERS
                               if f"{folder}/batches.meta" in files.names or f"{folder}/meta" in files.names), None)
         if python_folder is not None:
+            # A CIFAR python archive is pickles: none is loaded before the archive's MD5 matched.
+            dataset = CIFAR_PYTHON_FOLDERS[python_folder]
+            check_md5(source, CIFAR_ARCHIVES[dataset].md5, f"{source} (read as the official {dataset} archive)")
             class_names, by_split = _cifar_python(files, python_folder)
             size = image_size or DEFAULT_IMAGE_SIZE["cifar10"]
         else:
@@ -231,14 +236,7 @@ def _cifar_python(files: _ArchiveFiles, folder: str) -> tuple[list[str], dict[st
     for split, names in batches.items():
         per_class: list[list[_Item]] = [[] for _ in class_names]
         for name in names:
-            batch = load(name)
-            try:
-                data, labels = np.asarray(batch[b"data"]), np.asarray(batch[label_key], dtype=np.int64)
-            except KeyError as error:
-                raise DataError(f"{folder}/{name} is not in the CIFAR python format (no {error.args[0]!r})") from None
-            if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (len(data),):
-                raise DataError(f"{folder}/{name} is not in the CIFAR python format (data {data.dtype} {data.shape})")
-            images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # planes -> HWC
+            images, labels = cifar_batch_images(load(name), label_key, len(class_names), f"{folder}/{name}")
             for i, (pixels, label) in enumerate(zip(images, labels.tolist())):
                 per_class[label].append(_Item(f"{folder}/{name}/{i}", label, pixels))
         by_split[split] = per_class

@@ -401,6 +401,20 @@ class _CifarUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+def cifar_batch_images(batch: dict, label_key: bytes, num_classes: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """One unpickled CIFAR python batch as (uint8 images (N, 32, 32, 3), int64 labels), checked:
+    a DataError naming `where` for anything not in the CIFAR format."""
+    try:
+        data, labels = np.asarray(batch[b"data"]), np.asarray(batch[label_key], dtype=np.int64)
+    except KeyError as e:
+        raise DataError(f"{where} is not in the CIFAR python format (no {e.args[0]!r})") from None
+    if (data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (len(data),)
+            or labels.min(initial=0) < 0 or labels.max(initial=0) >= num_classes):
+        raise DataError(f"{where} is not in the CIFAR python format (data {data.dtype} "
+                        f"{data.shape}, {labels.shape[0]} labels)")
+    return np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)), labels  # planes -> HWC
+
+
 def _read_cifar(raw_dir: Path, info: dict) -> tuple[list[str], dict, dict]:
     """Class names, per-split per-class images and manifest extras of an official CIFAR folder."""
     folder = raw_dir / info["folder"]
@@ -434,16 +448,10 @@ def _read_cifar(raw_dir: Path, info: dict) -> tuple[list[str], dict, dict]:
         per_class: list[list[_Image]] = [[] for _ in class_names]
         for name in names:
             batch = load(name)
-            try:
-                data, labels = np.asarray(batch[b"data"]), np.asarray(batch[label_key], dtype=np.int64)
-                coarse_labels = batch[b"coarse_labels"] if coarse_names is not None else []
-            except KeyError as e:
-                raise DataError(f"{folder / name} is not in the CIFAR python format (no {e.args[0]!r})") from None
-            if (data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (len(data),)
-                    or labels.min(initial=0) < 0 or labels.max(initial=0) >= len(class_names)):
-                raise DataError(f"{folder / name} is not in the CIFAR python format (data {data.dtype} "
-                                f"{data.shape}, {labels.shape[0]} labels)")
-            images = np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))  # planes -> HWC
+            images, labels = cifar_batch_images(batch, label_key, len(class_names), str(folder / name))
+            if coarse_names is not None and b"coarse_labels" not in batch:
+                raise DataError(f"{folder / name} is not in the CIFAR python format (no {b'coarse_labels'!r})")
+            coarse_labels = batch[b"coarse_labels"] if coarse_names is not None else []
             for i, (pixels, label) in enumerate(zip(images, labels.tolist())):
                 per_class[label].append(_Image(f"{info['folder']}/{name}/{i}", label, pixels))
             if coarse_names is not None:
