@@ -27,15 +27,15 @@ from lightcnn.training import (checkpoint_epoch, is_primary_process, prepare_pro
 from pipeline.common import stage, tracking  # noqa: E402
 from pipeline.common.params import StageParams  # noqa: E402
 from pipeline.common.paths import PROCESSED_DIR, ModelPaths  # noqa: E402
-from pipeline.common.settings import TrainSettings  # noqa: E402
+from pipeline.common.settings import TrainSettings, effective_train_settings  # noqa: E402
 
 
 def train_settings(params: StageParams, model: str, seed: int) -> dict:
-    """The train section, this model's per_model values over it (null = inherit), and the seed."""
-    keys = [key for key in TrainSettings.model_fields if key != "seeds"]
-    merged = {key: params[f"train.{key}"] for key in keys}
-    merged.update({key: value for key, value in params[f"per_model.{model}"].items() if value is not None})
-    return {**merged, "seed": seed}
+    """This model's effective settings, read through the stage's view (train.seeds is not
+    this stage's: each stage trains one seed, given on its command line)."""
+    sections = {"train": {key: params[f"train.{key}"] for key in TrainSettings.model_fields if key != "seeds"},
+                "per_model": {model: params[f"per_model.{model}"]}}
+    return effective_train_settings(sections, model, seed)
 
 
 def config_dict(config) -> dict:
