@@ -156,7 +156,11 @@ def _get_or_create_experiment(client, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         artifact_location = None
-        if not os.environ.get("MLFLOW_TRACKING_URI"):
+        # On the project's database, artifacts go beside it (an absolute path): MLflow's default,
+        # ./mlruns of the working directory, would put a queued experiment's artifacts into its
+        # temporary copy of the workspace, deleted when it ends. (The environment cannot tell:
+        # mlflow.set_tracking_uri writes MLFLOW_TRACKING_URI.)
+        if tracking_uri() == f"sqlite:///{DEFAULT_DB}":
             artifact_location = (DEFAULT_ARTIFACTS / name).as_uri()
         experiment_id = client.create_experiment(name, artifact_location=artifact_location)
     else:
