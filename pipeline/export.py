@@ -4,12 +4,14 @@
 """
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import numpy as np
 
 from lightcnn import io
 from lightcnn.data import make_dataset
-from lightcnn.export import VARIANTS, TFLiteModel, convert_variants, evaluate_tflite
+from lightcnn.export import VARIANTS, Int8Recipe, TFLiteModel, convert_variants, evaluate_tflite
 from pipeline.common import stage
 from pipeline.common.params import StageParams
 from pipeline.common.paths import PROCESSED_DIR, ModelPaths
@@ -32,9 +34,11 @@ def main(params: StageParams, model_name: str, seed: int) -> None:
                                     params["export.eval_images"])
     keras_probs = model.predict(test_images, batch_size=256, verbose=0)
 
+    recipe = Int8Recipe()  # the default: what the int8 figures below are of
     results = {"keras_top1": float(np.mean(keras_probs.argmax(axis=1) == test_labels)),
-               "eval_images": int(len(test_labels))}
-    for variant, tflite_bytes in convert_variants(model, VARIANTS, calibration).items():
+               "eval_images": int(len(test_labels)), "representative_images": int(len(calibration)),
+               "int8_recipe": dataclasses.asdict(recipe)}
+    for variant, tflite_bytes in convert_variants(model, VARIANTS, calibration, int8_recipe=recipe).items():
         io.write_bytes(paths.tflite(variant), tflite_bytes)
         measured = evaluate_tflite(TFLiteModel(tflite_bytes), test_images, test_labels, reference_probs=keras_probs)
         results[variant] = {"size_bytes": len(tflite_bytes), **measured}

@@ -99,7 +99,8 @@ def test_transcribed_run_is_marked_and_says_where_its_figures_come_from(runs_dir
 def test_check_fails_on_a_stale_readme_and_passes_after_a_rewrite(runs_dir, tmp_path):
     readme = tmp_path / "README.md"
     before, after = "# Project\n\nIntro.\n\n", "\n\n## Next section\n"
-    readme.write_text(f"{before}{results.BEGIN_MARK}\n| an old table |\n{results.END_MARK}{after}")
+    readme.write_text(f"{before}{results.BEGIN_MARK}\n| an old table |\n{results.END_MARK}\n\n"
+                      f"{results.TFLITE_BEGIN_MARK}\n{results.TFLITE_END_MARK}{after}")
 
     def script(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, str(SCRIPT), "--readme", str(readme), "--results-dir",
@@ -111,8 +112,9 @@ def test_check_fails_on_a_stale_readme_and_passes_after_a_rewrite(runs_dir, tmp_
 
     assert script().returncode == 0
     text = readme.read_text()
-    assert text.startswith(before + results.BEGIN_MARK + "\n") and text.endswith(results.END_MARK + after)
+    assert text.startswith(before + results.BEGIN_MARK + "\n") and text.endswith(results.TFLITE_END_MARK + after)
     assert results.render_table(results.load_runs(runs_dir)) in text
+    assert results.render_tflite_table(results.load_runs(runs_dir)) in text
     assert script("--check").returncode == 0
 
     # A new run makes it stale again.
@@ -205,3 +207,38 @@ def test_the_real_readme_table_is_current(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), "--check", "--readme", str(readme)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr + "\nrun `python benchmarks/results_table.py` and commit README.md"
+
+
+def _tflite_json(keras_top1: float, int8_top1: float, recipe: bool = True) -> dict:
+    variant = {"top1": keras_top1, "agreement": 1.0, "size_bytes": 3 * 2**20, "max_abs_diff": 1e-6, "num_images": 1000}
+    figures = {"keras_top1": keras_top1, "eval_images": 1000, "float32": variant, "float16": variant,
+               "int8": {**variant, "top1": int8_top1, "agreement": 0.97, "size_bytes": 2**20}}
+    if recipe:
+        figures.update(representative_images=200, int8_recipe={"io_dtype": "int8", "per_channel": True,
+                                                               "hard_swish": "decomposed",
+                                                               "fold_stochastic_depth": True})
+    return figures
+
+
+def test_tflite_table_gives_each_variant_beside_keras_and_the_int8_loss(runs_dir):
+    (runs_dir / "a-measured" / "our_small.tflite.json").write_text(json.dumps(_tflite_json(0.8512, 0.8431)))
+    table = results.render_tflite_table(results.load_runs(runs_dir))
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
+    assert [cell.strip() for cell in lines[0][2:-2].split(" | ")] == results.TFLITE_HEADER
+    (row,) = [dict(zip(results.TFLITE_HEADER, (cell.strip() for cell in line[2:-2].split(" | "))))
+              for line in lines[2:]]  # the transcribed run has no tflite.json: no row
+    assert row == {"run": "`a-measured`", "model": "`our_small`", "test images": "1,000", "Keras top-1": "85.12%",
+                   "float32 top-1": "85.12%", "float16 top-1": "85.12%", "int8 top-1": "84.31%",
+                   "int8 − Keras": "-0.81 points", "int8 agrees with Keras": "97.00%",
+                   "float32 / int8 size": "3.00 / 1.00 MiB",
+                   "int8 recipe": "int8 edges, per-channel, decomposed hard-swish, fold, 200 calibration images"}
+    (runs_dir / "a-measured" / "our_small.tflite.json").write_text(json.dumps(_tflite_json(0.5, 0.5, recipe=False)))
+    assert "not recorded" in results.render_tflite_table(results.load_runs(runs_dir))
+
+
+def test_a_tflite_file_without_its_figures_is_refused_naming_it(runs_dir):
+    broken = _tflite_json(0.85, 0.84)
+    del broken["int8"]["top1"]
+    (runs_dir / "a-measured" / "our_small.tflite.json").write_text(json.dumps(broken))
+    with pytest.raises(results.RunFolderError, match=r"our_small.tflite.json: 'int8' must hold top1"):
+        results.load_runs(runs_dir)
