@@ -105,10 +105,12 @@ def test_learning_rate_schedules():
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 MODEL = "our_small"
 INPUT_SHAPE = (32, 32, 3)
-# Two epochs of 8 steps: the cosine schedule warms up over the first half epoch and ends at 0;
-# dropout and stochastic depth are on, so resume must restore their random states too.
-CONFIG = resolve_config("default", epochs=2, batch_size=32, warmup_epochs=0.5, seed=0)
-TRAIN_PER_CLASS, VAL_PER_CLASS = 25, 6
+# Two epochs of 4 steps (80 images, batches of 20): the cosine schedule warms up over the first
+# half epoch and ends at 0; dropout and stochastic depth are on, so resume must restore their
+# random states too. (What these tests cost is mostly TensorFlow tracing the train step once
+# per train_model call; the steps themselves are cheap, so the number of runs matters most.)
+CONFIG = resolve_config("default", epochs=2, batch_size=20, warmup_epochs=0.5, seed=0)
+TRAIN_PER_CLASS, VAL_PER_CLASS = 8, 2
 
 
 @functools.lru_cache(maxsize=None)
@@ -271,9 +273,9 @@ def test_train_model_writes_best_model_history_and_checkpoint(uninterrupted):
     assert summary["params"] == 923_137 and summary["images_per_second"] > 0
     assert summary["train_seconds"] == pytest.approx(sum(float(row["epoch_seconds"]) for row in history))
 
-    # lr after epoch 1 (step 8 of 16; warm-up 4 steps, then 12 of cosine) and at the end (0).
+    # lr after epoch 1 (step 4 of 8; warm-up 2 steps, then 6 of cosine) and at the end (0).
     lr = [float(row["lr"]) for row in history]
-    assert lr[0] == pytest.approx(CONFIG.peak_learning_rate * 0.5 * (1 + math.cos(math.pi * 4 / 12)))
+    assert lr[0] == pytest.approx(CONFIG.peak_learning_rate * 0.5 * (1 + math.cos(math.pi * 2 / 6)))
     assert lr[1] == pytest.approx(0.0, abs=1e-9)
     # The caller's callbacks got the same epochs, with lr in the logs.
     assert epoch_log.epochs == [0, 1]
@@ -329,12 +331,32 @@ def test_killed_run_resumes_from_its_last_epoch_and_ends_as_an_uninterrupted_run
     assert summary["best_epoch"] == uninterrupted_summary["best_epoch"]
 
 
+class StopBeforeTheFirstStep(keras.callbacks.Callback):
+    """Records the epoch that training starts at, then stops train_model before it traces a step."""
+
+    class Stopped(Exception):
+        pass
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.first_epoch = epoch
+        raise self.Stopped
+
+
 def test_checkpoint_of_other_settings_is_not_resumed(killed_after_epoch_1, tmp_path, capsys):
+    """The checkpoint (and the outputs) of other settings are discarded and fit starts at epoch
+    0. The run is stopped there: what a fresh start trains is the uninterrupted run's path,
+    tested above, and a whole second training would only repeat it."""
     out_dir = tmp_path / "run"
     shutil.copytree(killed_after_epoch_1, out_dir)
-    changed = resolve_config("default", epochs=1, batch_size=32, warmup_epochs=0.5, seed=1)
-    summary = run(out_dir, changed)
+    assert checkpoint_epoch(out_dir, CONFIG) == 1  # resumable with its own settings
+    changed = resolve_config("default", epochs=1, batch_size=20, warmup_epochs=0.5, seed=1)
+    stop = StopBeforeTheFirstStep()
+    with pytest.raises(StopBeforeTheFirstStep.Stopped):
+        run(out_dir, changed, callbacks=[stop])
 
     assert "is from other settings (epochs: 2 -> 1; seed: 0 -> 1): training from scratch" in capsys.readouterr().out
-    assert summary["resumed_from_epoch"] == 0 and summary["epochs_run"] == 1
-    assert [int(row["epoch"]) for row in read_history(out_dir)] == [1]
+    assert stop.first_epoch == 0
+    # Nothing of the other settings' run is left to be mistaken for this one's.
+    assert not (out_dir / "best.keras").exists() and not (out_dir / "history.csv").exists()
+    assert checkpoint_epoch(out_dir, CONFIG) == 0 and checkpoint_epoch(out_dir, changed) == 0
+    assert not list(out_dir.glob("checkpoint/*.weights.h5")) and not list(out_dir.glob("checkpoint/*.keras"))
