@@ -23,7 +23,7 @@ def shared_data() -> Path:
 
 # The end-to-end files take longest: collect them first, so that the two xdist workers start
 # on them and the short files fill in around them (instead of one long file starting last).
-LONGEST_FIRST = ("test_pipeline_faults.py", "test_pipeline_e2e.py", "test_backends.py", "test_distribution.py",
+LONGEST_FIRST = ("test_pipeline.py", "test_backends.py", "test_distribution.py",
                  "test_readme_commands.py")
 
 
