@@ -27,6 +27,7 @@ from lightcnn.models import ATTENTIONS, MODEL_MODES
 from lightcnn.training import BackendError, resolve_config, select_backend, train_model
 from lightcnn.training.config import Attention, ModelMode
 from tests.conftest import CIFAR10_JPEG, PROJECT_ROOT
+from tests.jax_processes import jax_cache, jax_environment  # noqa: F401  (jax_cache: a fixture)
 
 BLOCK_TENSORFLOW = '''
 import sys
@@ -176,7 +177,7 @@ def test_training_batches_depend_on_seed_and_epoch_only():
 
 
 def test_tensorflow_backend_trains_from_arrays(tmp_path, shared_data):
-    data = load_image_arrays(CIFAR10_JPEG, max_per_class=10)
+    data = load_image_arrays(CIFAR10_JPEG, max_per_class=5)  # 40 train images: 2 steps of 16; 10 val
     config = resolve_config("default", epochs=1, batch_size=16, warmup_epochs=0.5, precision="mixed_bfloat16")
     summary = train_model("our_small", 10, (32, 32, 3), data["train"], data["val"], config, tmp_path, verbose=0)
     assert summary["epochs_run"] == 1 and summary["images_per_second"] > 0
@@ -197,7 +198,7 @@ config = resolve_config("default", epochs=2, batch_size=20, warmup_epochs=0.5, s
 select_backend(config.backend)
 from lightcnn.data.arrays import load_image_arrays
 from lightcnn.training import train_model
-data = load_image_arrays({archive!r}, max_per_class=20)   # 160 train (8 steps of 20), 40 val
+data = load_image_arrays({archive!r}, max_per_class=5)   # 40 train (2 steps of 20), 10 val
 
 class KillAfterFirstEpoch(keras.callbacks.Callback):
     # The caller's callbacks run after train_model has checkpointed the epoch.
@@ -211,9 +212,9 @@ print("SUMMARY", summary["resumed_from_epoch"], summary["epochs_run"], "tensorfl
 """
 
 
-def start_jax_run(out_dir: Path, die: bool) -> subprocess.Popen:
+def start_jax_run(out_dir: Path, die: bool, cache: Path) -> subprocess.Popen:
     code = JAX_RUN.format(archive=str(CIFAR10_JPEG), die=die, out_dir=str(out_dir))
-    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(PROJECT_ROOT)}
+    env = jax_environment(cache)
     return subprocess.Popen([sys.executable, "-c", BLOCK_TENSORFLOW + code], cwd=PROJECT_ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -231,21 +232,37 @@ def weight_arrays(out_dir: Path) -> dict[str, np.ndarray]:
     return found
 
 
-def test_jax_training_without_tensorflow_is_deterministic_and_resumes_exactly(tmp_path, shared_data):
+def test_jax_training_without_tensorflow_is_deterministic_and_resumes_exactly(tmp_path, shared_data, jax_cache):
     """Two fresh processes (one killed by SIGKILL after epoch 1) train alike, and the killed
-    run, resumed, ends with the weights, optimizer state and history of the uninterrupted one."""
-    uninterrupted, killed = tmp_path / "uninterrupted", tmp_path / "killed"
-    runs = {"uninterrupted": start_jax_run(uninterrupted, die=False), "killed": start_jax_run(killed, die=True)}
-    outputs = {name: process.communicate(timeout=1500)[0] for name, process in runs.items()}
-    assert runs["uninterrupted"].returncode == 0, outputs["uninterrupted"][-4000:]
-    assert "SUMMARY 0 2 False" in outputs["uninterrupted"]  # trained without TensorFlow
-    assert runs["killed"].returncode == -signal.SIGKILL, outputs["killed"][-4000:]
-    assert history(killed) == history(uninterrupted)[:1]  # same first epoch in another process
+    run, resumed, ends with the weights, optimizer state and history of the uninterrupted one.
 
-    (killed / "best.keras").unlink()  # DVC deletes outputs before a rerun
-    resumed = start_jax_run(killed, die=False)
-    output = resumed.communicate(timeout=1500)[0]
-    assert resumed.returncode == 0 and "SUMMARY 1 2 False" in output, output[-4000:]
+    Two epochs of two steps are enough for both claims: epoch 2 starts from restored weights,
+    optimizer state, schedule step and random states, and its 2 steps show whether all of them
+    were restored. The killed run goes first; the uninterrupted and the resumed one then run side
+    by side. The processes share the session's JAX compilation cache (tests/jax_processes.py),
+    so the later two skip most of XLA's compiling: a cached executable is exactly the one the
+    process would have compiled, so the comparison is the same with a cold or a warm cache."""
+    uninterrupted, killed = tmp_path / "uninterrupted", tmp_path / "killed"
+    runs = {"killed": start_jax_run(killed, die=True, cache=jax_cache)}
+    try:
+        killed_output = runs["killed"].communicate(timeout=1500)[0]
+        assert runs["killed"].returncode == -signal.SIGKILL, killed_output[-4000:]
+        killed_history = history(killed)
+        assert [row["epoch"] for row in killed_history] == ["1"]
+        (killed / "best.keras").unlink()  # DVC deletes outputs before a rerun
+        runs["uninterrupted"] = start_jax_run(uninterrupted, die=False, cache=jax_cache)
+        runs["resumed"] = start_jax_run(killed, die=False, cache=jax_cache)
+        uninterrupted_output = runs["uninterrupted"].communicate(timeout=1500)[0]
+        output = runs["resumed"].communicate(timeout=1500)[0]
+    finally:
+        for process in runs.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert runs["uninterrupted"].returncode == 0, uninterrupted_output[-4000:]
+    assert "SUMMARY 0 2 False" in uninterrupted_output  # trained without TensorFlow
+    assert killed_history == history(uninterrupted)[:1]  # same first epoch in another process
+    assert runs["resumed"].returncode == 0 and "SUMMARY 1 2 False" in output, output[-4000:]
     assert history(killed) == history(uninterrupted)
     first, second = weight_arrays(killed), weight_arrays(uninterrupted)
     assert first.keys() == second.keys()
@@ -257,7 +274,7 @@ def test_jax_training_without_tensorflow_is_deterministic_and_resumes_exactly(tm
 # ----------------------------------------------------------------------------- the GPU comparison script
 
 
-def test_gpu_comparison_script_runs_without_tensorflow(tmp_path, shared_data):
+def test_gpu_comparison_script_runs_without_tensorflow(tmp_path, shared_data, jax_cache):
     """benchmarks/gpu_comparison.py end to end on the CPU, 1 epoch of a tiny subset: a test
     that it works (on a machine without TensorFlow), not a timing."""
     blocked = tmp_path / "no-tensorflow" / "tensorflow"
@@ -265,17 +282,18 @@ def test_gpu_comparison_script_runs_without_tensorflow(tmp_path, shared_data):
     (blocked / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'tensorflow' (blocked)\", "
                                          "name='tensorflow')\n")
     output = tmp_path / "comparison.json"
-    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3",
-           "PYTHONPATH": f"{blocked.parent}{os.pathsep}{PROJECT_ROOT}"}
+    env = jax_environment(jax_cache, PYTHONPATH=f"{blocked.parent}{os.pathsep}{PROJECT_ROOT}")
+    # 40 train images: 2 steps of 16 (1 execution of steps_per_execution 2), 10 val, 40 test.
     result = subprocess.run(
         [sys.executable, "benchmarks/gpu_comparison.py", "--archive", str(CIFAR10_JPEG), "--epochs", "1",
-         "--max-per-class", "10", "--test-per-class", "4", "--models", "our_small", "--steps-per-execution", "2", "--batch-size", "16",
+         "--max-per-class", "5", "--test-per-class", "4", "--models", "our_small", "--steps-per-execution", "2",
+         "--batch-size", "16",
          "--work-dir", str(tmp_path / "work"), "--output", str(output)],
         cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "| our_small | float32 |" in result.stdout
     (row,) = json.loads(output.read_text())["rows"]
-    assert (row["epochs"], row["batch_size"], row["train_images"], row["test_images"]) == (1, 16, 80, 40)
+    assert (row["epochs"], row["batch_size"], row["train_images"], row["test_images"]) == (1, 16, 40, 40)
     assert 0 <= row["test_accuracy"] <= 1 and row["images_per_second"] > 0 and row["train_seconds"] > 0
 
 
