@@ -102,6 +102,11 @@ def measure_backend(args: argparse.Namespace) -> list[dict]:
             total = time.perf_counter() - start
         finally:
             shutil.rmtree(out_dir, ignore_errors=True)
+        input_alone = None
+        if source.startswith("tf.data"):  # the stage's input stream, timed alone as the stage times it
+            from lightcnn.data.pipeline import seconds_per_pass
+
+            input_alone = round(seconds_per_pass(train), 3)
         timed = parts.epochs[1:]
         mean = {key: sum(epoch[key] for epoch in timed) / len(timed) for key in timed[0]}
         images_per_s = args.steps * config.batch_size / mean["train_steps_s"]
@@ -109,6 +114,7 @@ def measure_backend(args: argparse.Namespace) -> list[dict]:
             "backend": args.backend, "model": model_name, "input": source, "images_per_s": round(images_per_s, 1),
             "validation_s_per_epoch": round(mean["validation_s"], 2),
             "writes_s_per_epoch": round(mean["writes_s"], 2),
+            "input_stream_alone_s_per_epoch": input_alone,  # tf.data only; arrays augment inside the step
             "fixed_cost_share": round((mean["validation_s"] + mean["writes_s"]) / sum(mean.values()), 3),
             "first_epoch_s": round(sum(parts.epochs[0].values()), 1), "total_s": round(total, 1),
             "steps_per_epoch": args.steps, "batch_size": config.batch_size, "timed_epochs": len(timed),
