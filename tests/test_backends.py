@@ -15,7 +15,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import h5py
 import keras
 import numpy as np
 import pytest
@@ -26,6 +25,7 @@ from lightcnn.data.arrays import ImageArrays, load_image_arrays, shift_and_flip,
 from lightcnn.models import ATTENTIONS, MODEL_MODES
 from lightcnn.training import BackendError, resolve_config, select_backend, train_model
 from lightcnn.training.config import Attention, ModelMode
+from tests.checkpoint_files import checkpoint_arrays
 from tests.conftest import CIFAR10_JPEG, PROJECT_ROOT
 from tests.jax_processes import jax_cache, jax_environment  # noqa: F401  (jax_cache: a fixture)
 
@@ -224,14 +224,6 @@ def history(out_dir: Path) -> list[dict]:
         return [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in csv.DictReader(file)]
 
 
-def weight_arrays(out_dir: Path) -> dict[str, np.ndarray]:
-    (weights_file,) = (out_dir / "checkpoint").glob("*.weights.h5")
-    found = {}
-    with h5py.File(weights_file, "r") as file:
-        file.visititems(lambda name, item: found.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None)
-    return found
-
-
 def test_jax_training_without_tensorflow_is_deterministic_and_resumes_exactly(tmp_path, shared_data, jax_cache):
     """Two fresh processes (one killed by SIGKILL after epoch 1) train alike, and the killed
     run, resumed, ends with the weights, optimizer state and history of the uninterrupted one.
@@ -264,7 +256,7 @@ def test_jax_training_without_tensorflow_is_deterministic_and_resumes_exactly(tm
     assert killed_history == history(uninterrupted)[:1]  # same first epoch in another process
     assert runs["resumed"].returncode == 0 and "SUMMARY 1 2 False" in output, output[-4000:]
     assert history(killed) == history(uninterrupted)
-    first, second = weight_arrays(killed), weight_arrays(uninterrupted)
+    first, second = checkpoint_arrays(killed), checkpoint_arrays(uninterrupted)
     assert first.keys() == second.keys()
     assert [name for name in first if not np.array_equal(first[name], second[name])] == []
     state = json.loads((killed / "checkpoint" / "state.json").read_text())

@@ -14,7 +14,6 @@ import sys
 import tarfile
 from pathlib import Path
 
-import h5py
 import keras
 import numpy as np
 import pytest
@@ -26,6 +25,7 @@ from lightcnn.training import (
     CONFIG_KEYS, HISTORY_COLUMNS, RECIPES, TrainConfig, checkpoint_epoch, make_learning_rate, resolve_config,
     seed_everything, train_model,
 )
+from tests.checkpoint_files import checkpoint_arrays
 from tests.conftest import CIFAR10_JPEG, PROJECT_ROOT
 
 # ----------------------------------------------------------------------------- recipes
@@ -186,20 +186,6 @@ def without_timing(rows: list[dict]) -> list[dict]:
     return [{key: value for key, value in row.items() if key != "epoch_seconds"} for row in rows]
 
 
-def checkpoint_arrays(out_dir: Path) -> dict[str, np.ndarray]:
-    """Every array of the checkpoint's weights file: model weights and optimizer state."""
-    (weights_file,) = (out_dir / "checkpoint").glob("*.weights.h5")
-    arrays = {}
-
-    def keep(name, item):
-        if isinstance(item, h5py.Dataset):
-            arrays[name] = item[()]
-
-    with h5py.File(weights_file, "r") as file:
-        file.visititems(keep)
-    return arrays
-
-
 def assert_same_arrays(first: dict[str, np.ndarray], second: dict[str, np.ndarray]) -> None:
     assert first.keys() == second.keys()
     different = [name for name in first if not np.array_equal(first[name], second[name])]
@@ -260,8 +246,10 @@ def test_train_model_writes_best_model_history_and_checkpoint(uninterrupted):
     assert {"best.keras", "history.csv", "checkpoint"} <= {path.name for path in out_dir.iterdir()}
     assert (out_dir / "checkpoint" / "state.json").exists()
     assert not list(out_dir.rglob(".*")), "temporary files left behind"
-    assert sorted(path.name for path in (out_dir / "checkpoint").iterdir()) == [
-        f"best-epoch-{summary['best_epoch']:04d}.keras", "epoch-0002.weights.h5", "state.json"]
+    # The best epoch's model, the last epoch's weights (the same file when it was the best) and the state.
+    last_weights = {2: "best-epoch-0002.keras"}.get(summary["best_epoch"], "epoch-0002.weights.h5")
+    assert sorted(path.name for path in (out_dir / "checkpoint").iterdir()) == sorted(
+        {f"best-epoch-{summary['best_epoch']:04d}.keras", last_weights, "state.json"})
 
     history = read_history(out_dir)
     assert list(history[0]) == list(HISTORY_COLUMNS)

@@ -103,13 +103,16 @@ class Checkpoint:
     def save(self, model: keras.Model, state: dict, improved: bool) -> None:
         """Write the epoch state["epoch"] (state gains the file names and seed states)."""
         epoch = state["epoch"]
-        weights_file = f"epoch-{epoch:04d}.weights.h5"
-        with atomic_path(self.directory / weights_file, suffix=".weights.h5") as tmp:
-            model.save_weights(tmp)  # model weights and optimizer state
         if improved:
-            state["best_file"] = f"best-epoch-{epoch:04d}.keras"
+            # The best model's file holds the weights and the optimizer state too (what
+            # save_weights would write again): it is also this epoch's weights file.
+            state["best_file"] = weights_file = f"best-epoch-{epoch:04d}.keras"
             with atomic_path(self.directory / state["best_file"], suffix=".keras") as tmp, portable(model):
                 model.save(tmp)
+        else:
+            weights_file = f"epoch-{epoch:04d}.weights.h5"
+            with atomic_path(self.directory / weights_file, suffix=".weights.h5") as tmp:
+                model.save_weights(tmp)  # model weights and optimizer state
         state.update(format=CHECKPOINT_FORMAT, weights_file=weights_file,
                      rng_states=[keras.ops.convert_to_numpy(v).tolist() for v in rng_variables(model)])
         write_text(self.state_path, json.dumps(state, indent=1))
