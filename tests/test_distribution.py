@@ -25,7 +25,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import CIFAR10_JPEG, PROJECT_ROOT
-from tests.test_backends import BLOCK_TENSORFLOW, weight_arrays
+from tests.jax_processes import jax_cache, jax_environment  # noqa: F401  (jax_cache: a fixture)
+from tests.checkpoint_files import checkpoint_arrays as weight_arrays
+from tests.test_backends import BLOCK_TENSORFLOW
 
 TOLERANCE = 1e-4
 
@@ -85,9 +87,10 @@ def assert_close_weights(single: dict[str, np.ndarray], parallel: dict[str, np.n
 
 
 @pytest.mark.parametrize("backend", ["jax", "tensorflow"])
-def test_data_parallel_on_two_devices_matches_one_device(backend, tmp_path, shared_data):
+def test_data_parallel_on_two_devices_matches_one_device(backend, tmp_path, shared_data, jax_cache):
     if backend == "jax":
-        env = {"KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+        # The session's JAX compilation cache: see tests/jax_processes.py.
+        env = jax_environment(jax_cache, XLA_FLAGS="--xla_force_host_platform_device_count=2")
         code = COMPARE.format(backend=backend, setup="", archive=str(CIFAR10_JPEG), out=str(tmp_path),
                               to_inputs="")
     else:
@@ -108,7 +111,7 @@ prepare_process(config)   # joins the other process (JAX_* variables) before JAX
 import jax
 from lightcnn.data.arrays import load_image_arrays
 from lightcnn.training import train_model
-data = load_image_arrays({archive!r}, max_per_class=20)
+data = load_image_arrays({archive!r}, max_per_class=5)   # 40 train: 2 global steps of 20 (10 per process)
 summary = train_model("our_small", 10, (32, 32, 3), data["train"], data["val"], config, {out!r}, verbose=0)
 print("PROCESS", jax.process_index(), jax.process_count(), summary["replicas"])
 """
@@ -120,13 +123,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_jax_processes_train_together_and_end_with_identical_weights(tmp_path, shared_data):
+def test_two_jax_processes_train_together_and_end_with_identical_weights(tmp_path, shared_data, jax_cache):
+    """Two steps: identical weights after them need the gradients to be all-reduced in both (and
+    the same batches split alike). The processes share the session's JAX compilation cache
+    (tests/jax_processes.py)."""
     port = free_port()
     processes = []
     for process_id in (0, 1):
-        env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(PROJECT_ROOT),
-               "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
-               "JAX_PROCESS_ID": str(process_id)}
+        env = jax_environment(jax_cache, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                              JAX_PROCESS_ID=str(process_id))
         code = BLOCK_TENSORFLOW + textwrap.dedent(MULTI_PROCESS).format(
             archive=str(CIFAR10_JPEG), out=str(tmp_path / f"process-{process_id}"))
         processes.append(subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=env,
