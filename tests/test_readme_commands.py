@@ -13,7 +13,10 @@ becomes one test, checked as cheaply as proves it works:
   project is never written).
 - `dvc repro ...`: DVC's parser accepts it and `dvc repro --dry` accepts it in the git copy.
 - `mlflow ui ...` / `mlflow server ...`: the exact command runs (only its port is replaced by
-  a free one and $PWD by a temporary folder) and serves HTTP 200 on / within 60 s.
+  a free one and $PWD by a temporary folder) and serves HTTP 200 on / within 120 s. The
+  README's mlflow commands are started side by side, each with one uvicorn worker
+  (MLFLOW_WORKERS=1 in its environment, unless the command sets it: the same app, not four
+  copies importing it at once), and each is reported by its own test.
 - Any other command of those families fails, saying how to cover it: a README edit cannot
   add an unchecked command.
 
@@ -35,6 +38,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -46,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README_ENV = "LIGHTCNN_README"
 SHELL_LANGUAGES = {"", "bash", "sh", "shell", "zsh", "console", "shell-session"}
 SHELL_OPERATORS = {"&&", "||", ";", "|", "&", "(", ")", ";;", "|&"}
-MLFLOW_START_TIMEOUT_S = 60
+MLFLOW_START_TIMEOUT_S = 120  # the README's servers start side by side on a shared machine
 DRY_REPRO_TIMEOUT_S = 300
 # `dvc exp run` options that `dvc repro` does not take: (takes a value?)
 EXP_RUN_ONLY_OPTIONS = {"-n": True, "--name": True, "-S": True, "--set-param": True, "-j": True, "--jobs": True,
@@ -402,7 +406,10 @@ def check_mlflow_server(command: ReadmeCommand, context: CheckContext) -> None:
     if host in ("0.0.0.0", "::", "[::]"):
         host = "127.0.0.1"
     venv_bin = str(Path(sys.executable).parent)
-    env = {**os.environ, **dict(command.env), "PATH": venv_bin + os.pathsep + os.environ.get("PATH", "")}
+    # One worker: what is checked (the command's options are accepted, the app serves /) does
+    # not depend on how many identical workers uvicorn forks; the default four import it 4x.
+    env = {**os.environ, "MLFLOW_WORKERS": "1", **dict(command.env),
+           "PATH": venv_bin + os.pathsep + os.environ.get("PATH", "")}
     executable = shutil.which(argv[0], path=env["PATH"])
     if executable is None:
         raise CommandCheckFailed(f"{command.text}: `{argv[0]}` is not installed (pip install mlflow)")
@@ -493,15 +500,37 @@ def context(tmp_path_factory: pytest.TempPathFactory) -> CheckContext:
     return CheckContext(scratch=tmp_path_factory.mktemp, readme=readme_path())
 
 
-@pytest.mark.timeout(600)
-@pytest.mark.parametrize("command", README_COMMANDS, ids=[_test_id(c) for c in README_COMMANDS])
-def test_readme_command_works_as_written(command: ReadmeCommand, context: CheckContext) -> None:
+def _failure(command: ReadmeCommand, context: CheckContext) -> str | None:
+    """Why `command` does not work as written, or None when it does."""
     try:
         check_command(command, context)
-        return
+        return None
     except CommandCheckFailed as exc:
-        failure = str(exc)
-    pytest.fail(failure, pytrace=False)  # outside `except`: the reason alone, not a chain of tracebacks
+        return str(exc)
+
+
+def _served(command: ReadmeCommand) -> bool:
+    return CHECKERS.get(command.family or "") is check_mlflow_server
+
+
+@pytest.fixture(scope="module")
+def served_failures(context: CheckContext) -> dict[ReadmeCommand, str | None]:
+    """Every README mlflow command checked at once, each in its own thread and server process."""
+    served = list(dict.fromkeys(c for c in README_COMMANDS if _served(c)))
+    with ThreadPoolExecutor(max_workers=max(1, len(served))) as pool:
+        return dict(zip(served, pool.map(lambda command: _failure(command, context), served)))
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("command", README_COMMANDS, ids=[_test_id(c) for c in README_COMMANDS])
+def test_readme_command_works_as_written(command: ReadmeCommand, context: CheckContext,
+                                         request: pytest.FixtureRequest) -> None:
+    if _served(command):
+        failure = request.getfixturevalue("served_failures")[command]
+    else:
+        failure = _failure(command, context)
+    if failure is not None:
+        pytest.fail(failure, pytrace=False)  # the reason alone, not a chain of tracebacks
 
 
 def test_the_readme_shows_commands_of_each_checked_kind() -> None:
