@@ -236,6 +236,7 @@ def test_selecting_another_model_brings_in_only_its_stages(project):
 def one_seed(project):
     """From here on the project trains seed FAULT_SEED alone (conf/, as a user would edit it)."""
     root, env, server = project
+    first_train_json = first_training(root)
     conf_path = root / "conf" / "config.yaml"
     conf = yaml.safe_load(conf_path.read_text())
     conf["train"]["seeds"] = [FAULT_SEED]
@@ -243,11 +244,16 @@ def one_seed(project):
     set_param(root, env)
     run(["git", "commit", "-qam", "one seed"], root, env)
     training_runs = {r.data.tags["seed"]: r.info.run_id for r in all_runs(server)}
-    return root, env, server, training_runs[str(FAULT_SEED)]
+    return root, env, server, training_runs[str(FAULT_SEED)], first_train_json
+
+
+def first_training(root: Path) -> str:
+    """train.json of seed FAULT_SEED as the first `dvc repro` wrote it (read before any fault)."""
+    return (root / "metrics" / "models" / MODEL / f"seed-{FAULT_SEED}" / "train.json").read_text()
 
 
 def test_mlflow_server_stopping_mid_training_loses_no_results_and_leaves_no_run_running(one_seed):
-    root, env, server, _ = one_seed
+    root, env, server, _, _ = one_seed
     set_param(root, env, "train.label_smoothing=0.2")
     proc = subprocess.Popen(["dvc", "repro"], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
@@ -280,7 +286,7 @@ def test_sigkill_in_export_and_in_benchmark_of_a_training_restored_from_the_run_
     """Back to the first settings: DVC restores seed 1's training from its run cache (no
     training), then the execution is killed in export, the next one in benchmark, and a last
     `dvc repro` finishes: one complete run for it, tagged with the run that trained the model."""
-    root, env, server, trained_in_e2e = one_seed
+    root, env, server, trained_in_e2e, first_train_json = one_seed
     metrics = root / "metrics" / "models" / MODEL / f"seed-{FAULT_SEED}"
     paths = root / "models" / MODEL / f"seed-{FAULT_SEED}"
     # Label smoothing back to its default (DVC restores train and evaluate from their run cache);
@@ -288,7 +294,7 @@ def test_sigkill_in_export_and_in_benchmark_of_a_training_restored_from_the_run_
     set_param(root, env, "export.eval_images=50")
     before = snapshot(server)
     repro_killed_at("export@", root, env)
-    assert read_json(metrics / "train.json")["config"]["label_smoothing"] is None  # restored, not trained
+    assert (metrics / "train.json").read_text() == first_train_json  # restored from the run cache, not trained
     repro_killed_at("benchmark@", root, env, after_seconds=2.0)
     run(["dvc", "repro"], root, env)
     assert changed_stages(root, env) == set()
@@ -312,7 +318,7 @@ def test_sigkill_in_export_and_in_benchmark_of_a_training_restored_from_the_run_
 def test_parallel_queued_experiments_each_get_their_own_complete_run(one_seed):
     """Two queued experiments that rerun only some stages, run by `dvc queue start -j 2`: each
     gets a new complete run; every earlier run is left as it was."""
-    root, env, server, trained_in_e2e = one_seed
+    root, env, server, trained_in_e2e, first_train_json = one_seed
     before = snapshot(server)
     for warmup in (5, 6):
         run(["dvc", "exp", "run", "--queue", "-n", f"queued-{warmup}", "-S", f"benchmark.warmup={warmup}",
