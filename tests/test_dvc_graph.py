@@ -1,17 +1,21 @@
 """dvc.yaml cannot drift from the code: every stage declares each project file it imports and
 each param it may read, and nothing else.
 
-Imports are measured, not guessed: each stage module is imported in a fresh interpreter and
-the project files in sys.modules are compared with the stage's resolved `deps`. Params are
+Imports are measured, not guessed: each stage module is imported in its own process and the
+project files in sys.modules are compared with the stage's resolved `deps`. The processes are
+forked, one per stage, from one interpreter that first imports the heavy third-party libraries
+every stage pays for (numpy, TensorFlow, Keras) and no project file (checked): each stage still
+starts with no project module loaded, so its measured set is its own, and the libraries are
+imported once instead of once per stage. Params are
 enforced at run time by pipeline.common.params.StageParams (tests/test_settings.py) and
 audited against what each stage really reads in the end-to-end test.
 """
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -20,8 +24,39 @@ from dvc.repo import Repo
 from pipeline.common.settings import TrainSettings
 from tests.conftest import PROJECT_ROOT
 
-PROBE = ("import importlib, json, sys; importlib.import_module(sys.argv[1]); "
-         "print(json.dumps(sorted({m.__file__ for m in list(sys.modules.values()) if getattr(m, '__file__', None)})))")
+# Run as `python -c PROBE ROOT MODULE...`; prints one JSON object: the project files loaded
+# before any fork (must be none) and, per module, the files in sys.modules of a child process
+# forked from that state after importing only that module (or the child's traceback).
+PROBE = r"""
+import importlib, json, os, sys, traceback
+root = sys.argv[1].rstrip("/") + "/"
+def project_files():
+    files = {m.__file__ for m in list(sys.modules.values()) if getattr(m, "__file__", None)}
+    return sorted(f for f in files if f.startswith(root) and not f.startswith(root + ".venv/"))
+def all_files():
+    return sorted({m.__file__ for m in list(sys.modules.values()) if getattr(m, "__file__", None)})
+import numpy, tensorflow, keras  # third-party: paid once here instead of once per stage
+result = {"preloaded": project_files(), "modules": {}}
+for module in sys.argv[2:]:
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        try:
+            importlib.import_module(module)
+            answer = {"files": all_files()}
+        except BaseException:
+            answer = {"error": traceback.format_exc()}
+        with os.fdopen(write_end, "w") as pipe:
+            json.dump(answer, pipe)
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        text = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    result["modules"][module] = json.loads(text) if text else {"error": f"child exited with status {status}"}
+print(json.dumps(result))
+"""
 
 
 @pytest.fixture(scope="module")
@@ -37,20 +72,27 @@ def stage_module(cmd: str) -> str:
     return words[2]
 
 
-def project_files_imported(module: str) -> set[str]:
-    proc = subprocess.run([sys.executable, "-c", PROBE, module], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                          timeout=300, env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+def project_files_imported(modules: list[str]) -> dict[str, set[str]]:
+    """{module: project files (relative paths) that importing it alone loads}."""
+    proc = subprocess.run([sys.executable, "-c", PROBE, str(PROJECT_ROOT), *modules], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    files = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["preloaded"] == [], "the probe's shared imports must load no project file"
     root = str(PROJECT_ROOT) + "/"
-    return {f[len(root):] for f in files if f.startswith(root) and "/.venv/" not in f and not f.startswith(root + ".venv")}
+    imported = {}
+    for module in modules:
+        answer = result["modules"][module]
+        assert "error" not in answer, f"importing {module}: {answer.get('error')}"
+        imported[module] = {f[len(root):] for f in answer["files"]
+                            if f.startswith(root) and not f.startswith(root + ".venv/")}
+    return imported
 
 
 @pytest.fixture(scope="module")
 def imports(stages) -> dict[str, set[str]]:
-    modules = sorted({stage_module(cmd) for _, cmd, _, _ in stages})
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(zip(modules, pool.map(project_files_imported, modules)))
+    return project_files_imported(sorted({stage_module(cmd) for _, cmd, _, _ in stages}))
 
 
 def covered(path: str, deps: list[str]) -> bool:
