@@ -81,7 +81,8 @@ def identity_changes(old: dict, new: dict) -> str:
 
 class Checkpoint:
     """out_dir/checkpoint/: state.json, the last epoch's weights (with the optimizer state)
-    and the best epoch's model. state.json names both files and is written last: it is the
+    and the best epoch's model (one file when the last epoch was the best: the .keras file
+    holds the optimizer state too). state.json names both files and is written last: it is the
     commit point of an epoch. The best model lives here too so that out_dir/best.keras can
     be restored on resume (DVC deletes a stage's outputs before running it again)."""
 
