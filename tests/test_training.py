@@ -259,6 +259,7 @@ def test_train_model_writes_best_model_history_and_checkpoint(uninterrupted):
     assert summary["best_val_accuracy"] == pytest.approx(max(val_accuracy))
     assert (summary["epochs_run"], summary["resumed_from_epoch"]) == (2, 0)
     assert summary["params"] == 923_137 and summary["images_per_second"] > 0
+    assert summary["steady_images_per_second"] > 0  # epoch 2: timed without the first epoch's tracing
     assert summary["train_seconds"] == pytest.approx(sum(float(row["epoch_seconds"]) for row in history))
 
     # lr after epoch 1 (step 4 of 8; warm-up 2 steps, then 6 of cosine) and at the end (0).

@@ -29,6 +29,7 @@ class EpochRecorder(keras.callbacks.Callback):
         self.state = state
         self.on_epoch_start = on_epoch_start
         self.epoch_start = self.validation_start = 0.0
+        self.epochs_in_process = 0  # the first one traces/compiles the step: timed apart
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         if self.on_epoch_start is not None:
@@ -59,6 +60,11 @@ class EpochRecorder(keras.callbacks.Callback):
         timing["train_steps"] += self.validation_start - self.epoch_start
         timing["validation"] += end_of_validation - self.validation_start
         timing["epochs"] += 1
+        if self.epochs_in_process > 0:
+            timing["steady_train_steps"] = timing.get("steady_train_steps", 0.0) + (self.validation_start
+                                                                                   - self.epoch_start)
+            timing["steady_epochs"] = timing.get("steady_epochs", 0) + 1
+        self.epochs_in_process += 1
         writes_start = time.perf_counter()  # (this epoch's write time reaches state.json with the next epoch)
         self.checkpoint.save(self.model, state, improved)
         write_outputs(self.out_dir, self.checkpoint, state)

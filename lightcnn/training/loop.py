@@ -147,7 +147,9 @@ def train_model(
 
     Returns best_epoch, best_val_accuracy, epochs_run (epochs in history.csv),
     train_seconds (all epochs, validation included, over all resumed sessions),
-    images_per_second (training steps only, counted as steps x batch_size), params,
+    images_per_second (training steps only, counted as steps x batch_size),
+    steady_images_per_second (the same without each process's first epoch, which traces and
+    compiles the step; None when there was no later epoch), params,
     resumed_from_epoch (0 for a fresh start), replicas (devices the batch was split over)
     and seconds_per_epoch: the mean training-step, validation and file-write seconds per epoch.
     """
@@ -245,6 +247,10 @@ def train_model(
         "epochs_run": epochs_run,
         "train_seconds": state["train_seconds"],
         "images_per_second": images / state["train_step_seconds"] if state["train_step_seconds"] > 0 else 0.0,
+        # Without the first epoch of each process (tracing, compilation): what benchmarks/
+        # bench_train.py measures; None when no later epoch ran.
+        "steady_images_per_second": (timing["steady_epochs"] * steps_per_epoch * config.batch_size
+                                     / timing["steady_train_steps"]) if timing.get("steady_train_steps") else None,
         "params": model.count_params(),
         "resumed_from_epoch": resumed_from_epoch,
         "replicas": placement.replicas,
