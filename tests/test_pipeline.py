@@ -101,6 +101,14 @@ def set_param(root: Path, env: dict, *overrides: str) -> None:
     run([sys.executable, "-m", "pipeline.compose", *overrides], root, env)
 
 
+def metrics_dir(root: Path, seed: int) -> Path:
+    return root / "metrics" / "models" / MODEL / f"seed-{seed}"
+
+
+def model_dir(root: Path, seed: int) -> Path:
+    return root / "models" / MODEL / f"seed-{seed}"
+
+
 def changed_stages(root: Path, env: dict) -> set[str]:
     return set(json.loads(run(["dvc", "status", "--json"], root, env).stdout)) - {"fetch"}  # fetch: always
 
@@ -111,22 +119,22 @@ def changed_stages(root: Path, env: dict) -> set[str]:
 def test_repro_writes_every_output_for_each_seed(project):
     root, *_ = project
     for seed in SEEDS:
-        metrics = root / "metrics" / "models" / MODEL / f"seed-{seed}"
+        metrics = metrics_dir(root, seed)
         evaluation = read_json(metrics / "eval.json")
         assert 0.0 <= evaluation["top1"] <= evaluation["top5"] <= 1.0
         assert evaluation["num_examples"] == 12 * 10
         train = read_json(metrics / "train.json")
         assert train["seed"] == seed and train["epochs_run"] == 1 and train["config"]["seed"] == seed
         tflite = read_json(metrics / "tflite.json")
-        model_dir = root / "models" / MODEL / f"seed-{seed}"
+        models = model_dir(root, seed)
         for variant in ("float32", "float16", "int8"):
-            assert (model_dir / "tflite" / f"{variant}.tflite").stat().st_size == tflite[variant]["size_bytes"]
+            assert (models / "tflite" / f"{variant}.tflite").stat().st_size == tflite[variant]["size_bytes"]
         latency = read_json(metrics / "latency.json")
         assert 0 < latency["float32"]["1"]["median_ms"] <= latency["float32"]["1"]["p90_ms"]
         assert (metrics / "gradcam.png").stat().st_size > 0
-        assert (model_dir / "history.csv").read_text().startswith("epoch")
+        assert (models / "history.csv").read_text().startswith("epoch")
     # Two seeds trained differently (the seed reaches the weights and the data order).
-    histories = [(root / "models" / MODEL / f"seed-{s}" / "history.csv").read_text() for s in SEEDS]
+    histories = [(model_dir(root, s) / "history.csv").read_text() for s in SEEDS]
     assert histories[0] != histories[1]
 
 
@@ -236,7 +244,7 @@ def test_selecting_another_model_brings_in_only_its_stages(project):
 def one_seed(project):
     """From here on the project trains seed FAULT_SEED alone (conf/, as a user would edit it)."""
     root, env, server = project
-    first_train_json = first_training(root)
+    first_train_json = (metrics_dir(root, FAULT_SEED) / "train.json").read_text()  # before any fault
     conf_path = root / "conf" / "config.yaml"
     conf = yaml.safe_load(conf_path.read_text())
     conf["train"]["seeds"] = [FAULT_SEED]
@@ -246,10 +254,6 @@ def one_seed(project):
     training_runs = {r.data.tags["seed"]: r.info.run_id for r in all_runs(server)}
     return root, env, server, training_runs[str(FAULT_SEED)], first_train_json
 
-
-def first_training(root: Path) -> str:
-    """train.json of seed FAULT_SEED as the first `dvc repro` wrote it (read before any fault)."""
-    return (root / "metrics" / "models" / MODEL / f"seed-{FAULT_SEED}" / "train.json").read_text()
 
 
 def test_mlflow_server_stopping_mid_training_loses_no_results_and_leaves_no_run_running(one_seed):
@@ -271,7 +275,7 @@ def test_mlflow_server_stopping_mid_training_loses_no_results_and_leaves_no_run_
     text = "".join(out)
     assert "MLflow tracking backend" in text and "Traceback" not in text, text[-3000:]
     assert "continuing untracked" in text, text[-3000:]  # training went on and said so
-    train = read_json(root / "metrics" / "models" / MODEL / f"seed-{FAULT_SEED}" / "train.json")
+    train = read_json(metrics_dir(root, FAULT_SEED) / "train.json")
     assert train["config"]["label_smoothing"] == 0.2  # training finished and wrote its results untracked
     server.start()
     run(["dvc", "repro"], root, env)  # completes the record; the run cut off is ended KILLED
@@ -287,8 +291,7 @@ def test_sigkill_in_export_and_in_benchmark_of_a_training_restored_from_the_run_
     training), then the execution is killed in export, the next one in benchmark, and a last
     `dvc repro` finishes: one complete run for it, tagged with the run that trained the model."""
     root, env, server, trained_in_e2e, first_train_json = one_seed
-    metrics = root / "metrics" / "models" / MODEL / f"seed-{FAULT_SEED}"
-    paths = root / "models" / MODEL / f"seed-{FAULT_SEED}"
+    metrics, paths = metrics_dir(root, FAULT_SEED), model_dir(root, FAULT_SEED)
     # Label smoothing back to its default (DVC restores train and evaluate from their run cache);
     # fewer test images for export, so that export and what follows it run.
     set_param(root, env, "export.eval_images=50")

@@ -55,14 +55,14 @@ class EpochRecorder(keras.callbacks.Callback):
         state["epoch"] = row["epoch"]
         state["history"].append(row)
         state["train_seconds"] += row["epoch_seconds"]
-        state["train_step_seconds"] += self.validation_start - self.epoch_start
+        step_seconds = self.validation_start - self.epoch_start
+        state["train_step_seconds"] += step_seconds
         timing = state.setdefault("timing", {"train_steps": 0.0, "validation": 0.0, "writes": 0.0, "epochs": 0})
-        timing["train_steps"] += self.validation_start - self.epoch_start
+        timing["train_steps"] += step_seconds
         timing["validation"] += end_of_validation - self.validation_start
         timing["epochs"] += 1
         if self.epochs_in_process > 0:
-            timing["steady_train_steps"] = timing.get("steady_train_steps", 0.0) + (self.validation_start
-                                                                                   - self.epoch_start)
+            timing["steady_train_steps"] = timing.get("steady_train_steps", 0.0) + step_seconds
             timing["steady_epochs"] = timing.get("steady_epochs", 0) + 1
         self.epochs_in_process += 1
         writes_start = time.perf_counter()  # (this epoch's write time reaches state.json with the next epoch)

@@ -48,7 +48,12 @@ def tracking_uri() -> str:
     The path is absolute (HOME_ROOT), so that queued and --temp DVC experiments, which run
     in a copy of the workspace, record into the same database as the workspace.
     """
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_DB}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def default_tracking_uri() -> str:
+    """The project's own sqlite database (DEFAULT_DB)."""
+    return f"sqlite:///{DEFAULT_DB}"
 
 
 def experiment_name(manifest: dict) -> str:
@@ -160,7 +165,7 @@ def _get_or_create_experiment(client, name: str) -> str:
         # ./mlruns of the working directory, would put a queued experiment's artifacts into its
         # temporary copy of the workspace, deleted when it ends. (The environment cannot tell:
         # mlflow.set_tracking_uri writes MLFLOW_TRACKING_URI.)
-        if tracking_uri() == f"sqlite:///{DEFAULT_DB}":
+        if tracking_uri() == default_tracking_uri():
             artifact_location = (DEFAULT_ARTIFACTS / name).as_uri()
         experiment_id = client.create_experiment(name, artifact_location=artifact_location)
     else:
