@@ -58,7 +58,7 @@ def load_models(keras_dir: Path | None, seed: int, calibration: np.ndarray) -> d
     """{model: (keras model, trained?)} from keras_dir, the pipeline's models/, or freshly built."""
     import keras
 
-    from lightcnn.models import build_model
+    from lightcnn.models import build_model, load_model
 
     models = {}
     for name in MODELS:
@@ -66,7 +66,7 @@ def load_models(keras_dir: Path | None, seed: int, calibration: np.ndarray) -> d
         candidates.append(PROJECT_ROOT / "models" / name / f"seed-{seed}" / "best.keras")
         found = next((path for path in candidates if path.is_file()), None)
         if found:
-            models[name] = (keras.models.load_model(found), True)
+            models[name] = (load_model(found), True)
             print(f"{name}: {found}", flush=True)
             continue
         keras.utils.set_random_seed(seed)

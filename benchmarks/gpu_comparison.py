@@ -112,7 +112,9 @@ def train_one(args: argparse.Namespace) -> dict:
     summary = train_model(args.model, train.num_classes, train.image_shape, train, val, config,
                           args.work_dir / args.model, callbacks=[times], verbose=2 if args.verbose else 0)
     train_seconds = time.perf_counter() - start
-    best = keras.models.load_model(args.work_dir / args.model / "best.keras")
+    from lightcnn.models import load_model
+
+    best = load_model(args.work_dir / args.model / "best.keras")
     best.compile(loss="categorical_crossentropy", metrics=["accuracy"], jit_compile=True)
     evaluation = best.evaluate(evaluation_batches(test, 500), verbose=0, return_dict=True)
     steps_per_epoch = len(train) // config.batch_size

@@ -4,11 +4,10 @@
 """
 from __future__ import annotations
 
-import keras
-
 from lightcnn import io
 from lightcnn.benchmark import count_macs, cpu_info, latency
 from lightcnn.export import VARIANTS
+from lightcnn.models import load_model
 from pipeline.common import stage
 from pipeline.common.params import StageParams
 from pipeline.common.paths import ModelPaths
@@ -17,7 +16,7 @@ from pipeline.common.paths import ModelPaths
 def main(params: StageParams, model_name: str, seed: int) -> None:
     paths = ModelPaths(model_name, seed)
     threads, warmup, runs = params["benchmark.threads"], params["benchmark.warmup"], params["benchmark.runs"]
-    results: dict = {"macs": count_macs(keras.models.load_model(paths.best)), "cpu": cpu_info()}
+    results: dict = {"macs": count_macs(load_model(paths.best)), "cpu": cpu_info()}
     for variant in VARIANTS:
         results[variant] = {str(t): latency(paths.tflite(variant), threads=t, warmup=warmup, runs=runs)
                             for t in threads}

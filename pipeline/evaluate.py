@@ -4,13 +4,13 @@
 """
 from __future__ import annotations
 
-import keras
 import numpy as np
 
 from lightcnn import io
 from lightcnn.data import load_manifest, make_dataset
 from lightcnn.evaluation import confusion_matrix_rows, evaluate_model, save_confusion_matrix_png
 from lightcnn.gradcam import save_gradcam_grid
+from lightcnn.models import load_model
 from pipeline.common import stage
 from pipeline.common.params import StageParams
 from pipeline.common.paths import PROCESSED_DIR, ModelPaths
@@ -35,7 +35,7 @@ def main(params: StageParams, model_name: str, seed: int) -> None:
     paths = ModelPaths(model_name, seed)
     manifest = load_manifest(PROCESSED_DIR)
     class_names = manifest["class_names"]
-    model = keras.models.load_model(paths.best)
+    model = load_model(paths.best)
     test_ds = make_dataset(PROCESSED_DIR, "test", 256, training=False)
     result = evaluate_model(model, test_ds, class_names)
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import keras
 import numpy as np
 
 from lightcnn import io
 from lightcnn.data import make_dataset
 from lightcnn.export import VARIANTS, Int8Recipe, TFLiteModel, convert_variants, evaluate_tflite
+from lightcnn.models import load_model
 from pipeline.common import stage
 from pipeline.common.params import StageParams
 from pipeline.common.paths import PROCESSED_DIR, ModelPaths
@@ -27,7 +27,7 @@ def take(dataset, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
 
 def main(params: StageParams, model_name: str, seed: int) -> None:
     paths = ModelPaths(model_name, seed)
-    model = keras.models.load_model(paths.best)
+    model = load_model(paths.best)
     calibration, _ = take(make_dataset(PROCESSED_DIR, "train", 256, training=False),
                           params["export.representative_images"])
     test_images, test_labels = take(make_dataset(PROCESSED_DIR, "test", 256, training=False),

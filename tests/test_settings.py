@@ -71,6 +71,16 @@ def test_a_per_model_key_is_set_without_plus_and_only_for_that_model(tmp_path):
     assert params["per_model"]["our_small"]["epochs"] is None
 
 
+def test_compose_refuses_a_list_for_the_model_group_which_would_keep_only_its_last_entry(tmp_path):
+    from pipeline.compose import refuse_several_model_options
+
+    # What it guards against: Hydra merges the options' files, the last `selected` wins.
+    assert compose(tmp_path, ["model=[our_small,our_large]"])["model"]["selected"] == ["our_large"]
+    with pytest.raises(ParamsError, match=r"model\.selected=\[our_small,our_large\]"):
+        refuse_several_model_options(["train.epochs=3", "model=[our_small,our_large]"])
+    refuse_several_model_options(["model=our_small", "model.selected=[our_small,our_large]"])
+
+
 def test_hydra_refuses_a_misspelled_key(tmp_path):
     with pytest.raises(Exception, match="epoch"):
         compose(tmp_path, ["train.epoch=5"])

@@ -20,7 +20,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-import lightcnn.models  # noqa: F401  (registers the custom layers for load_model)
+from lightcnn.models import load_model
 from lightcnn.training import (
     CONFIG_KEYS, HISTORY_COLUMNS, RECIPES, TrainConfig, checkpoint_epoch, make_learning_rate, resolve_config,
     seed_everything, train_model,
@@ -271,7 +271,7 @@ def test_train_model_writes_best_model_history_and_checkpoint(uninterrupted):
     assert [logs["lr"] for logs in epoch_log.logs] == pytest.approx(lr)
 
     # best.keras is the best epoch's model (and not the other epoch's).
-    best_weights = keras.models.load_model(out_dir / "best.keras").get_weights()
+    best_weights = load_model(out_dir / "best.keras").get_weights()
     for epoch, weights in enumerate(epoch_log.weights, start=1):
         same = all(np.array_equal(a, b) for a, b in zip(best_weights, weights))
         assert same == (epoch == summary["best_epoch"]), epoch

@@ -1,6 +1,6 @@
 """Datasets: fetch (download or local copy) -> preprocess (TFRecords) -> tf.data input pipeline.
 
-`fetch_dataset` and `preprocess_dataset` do not import TensorFlow at import time (the
+`fetch_dataset`, `preprocess_dataset` and `load_manifest` do not import TensorFlow (the
 preprocess worker processes import this package); the input pipeline names are loaded
 from `lightcnn.data.pipeline`, which does, on first use.
 """
@@ -14,9 +14,9 @@ from lightcnn.data.fetch import (
     read_fetch_info,
     resolve_source,
 )
-from lightcnn.data.preprocess import preprocess_dataset
+from lightcnn.data.preprocess import load_manifest, preprocess_dataset
 
-_PIPELINE_NAMES = ("load_manifest", "make_dataset", "read_examples", "verify_shards")
+_PIPELINE_NAMES = ("make_dataset", "read_examples", "verify_shards")
 
 __all__ = [
     "DATASETS",
@@ -27,6 +27,7 @@ __all__ = [
     "extract_archive",
     "fetch_dataset",
     "find_kaggle_credentials",
+    "load_manifest",
     "preprocess_dataset",
     "read_fetch_info",
     "resolve_source",

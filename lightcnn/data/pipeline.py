@@ -8,7 +8,6 @@ random ops, so the pipeline stays far ahead of a small model on two cores.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from pathlib import Path
@@ -18,25 +17,11 @@ import numpy as np
 import tensorflow as tf
 
 from lightcnn.data.download import DataError
-from lightcnn.data.preprocess import MANIFEST, SPLITS
+from lightcnn.data.preprocess import MANIFEST, SPLITS, load_manifest
 
-REQUIRED_KEYS = ("class_names", "num_classes", "image_size", "counts", "splits", "sha256", "skipped")
 
 CACHE_LIMIT_BYTES = 1 << 30  # splits whose decoded images fit in this stay in memory after the first pass
 SHUFFLE_LIMIT_BYTES = 256 << 20  # shuffle buffer size for splits that do not (their records are pre-shuffled)
-
-
-def load_manifest(processed_dir: str | os.PathLike) -> dict:
-    """The manifest.json that preprocess wrote in `processed_dir`."""
-    path = Path(processed_dir) / MANIFEST
-    if not path.is_file():
-        raise DataError(f"{path} not found: run the preprocess stage first (dvc repro preprocess)")
-    manifest = json.loads(path.read_text())
-    missing = [key for key in REQUIRED_KEYS if key not in manifest]
-    if missing:
-        raise DataError(f"{path} lacks {', '.join(missing)}: it was not written by this version of preprocess; "
-                        "run the preprocess stage again")
-    return manifest
 
 
 def shard_paths(processed_dir: str | os.PathLike, split: str, manifest: dict | None = None) -> list[str]:

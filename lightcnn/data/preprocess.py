@@ -51,6 +51,7 @@ from lightcnn.data.download import (
 from lightcnn.data.fetch import class_folder_entries, list_class_names, read_fetch_info
 
 MANIFEST = "manifest.json"
+MANIFEST_KEYS = ("class_names", "num_classes", "image_size", "counts", "splits", "sha256", "skipped")
 SPLITS = ("train", "val", "test")
 DEFAULT_IMAGE_SIZE = {"cifar10": 32, "cifar100": 32, "birds": 224, "folder": 224}
 DEFAULT_SIZE_REASON = {"cifar10": "CIFAR native 32x32", "cifar100": "CIFAR native 32x32",
@@ -61,6 +62,19 @@ PNG_COMPRESS_LEVEL = 1  # 2-3x faster than the default 6 on 224x224 photos, for 
 SHARD_PIXEL_BYTES = 64 << 20  # default shard size in decoded pixels: ~21,800 CIFAR images, ~445 at 224x224
 PARALLEL_MIN_IMAGES = 2000  # below this, starting worker processes costs more than it saves
 ENCODE_WINDOW = 8192  # images sent to the workers at a time (two windows in flight)
+
+
+def load_manifest(processed_dir: str | os.PathLike) -> dict:
+    """The manifest.json that preprocess wrote in `processed_dir`."""
+    path = Path(processed_dir) / MANIFEST
+    if not path.is_file():
+        raise DataError(f"{path} not found: run the preprocess stage first (dvc repro preprocess)")
+    manifest = json.loads(path.read_text())
+    missing = [key for key in MANIFEST_KEYS if key not in manifest]
+    if missing:
+        raise DataError(f"{path} lacks {', '.join(missing)}: it was not written by this version of preprocess; "
+                        "run the preprocess stage again")
+    return manifest
 
 
 @dataclass

@@ -1,22 +1,42 @@
 """The four lightweight classifiers: MobileNetV3 Large/Small and the CSPNet variants.
 
-Importing this package registers the custom layers, so `keras.models.load_model(path)`
-works on saved models without custom_objects. `build_model(..., mode=...)` builds them
-"corrected" (the intended design, default) or "faithful" (as the study's code behaved);
-MODEL_MODES and ModelOptions describe the difference.
-"""
-from lightcnn.models.blocks import ATTENTIONS, ChannelPool, StochasticDepth
-from lightcnn.models.builder import MODEL_NAMES, STRIDES, build_model, resolve_strides
-from lightcnn.models.options import MODEL_MODES, ModelOptions
+`build_model(..., mode=...)` builds them "corrected" (the intended design, default) or
+"faithful" (as the study's code behaved); MODEL_MODES and ModelOptions describe the
+difference. `load_model(path)` loads a saved one (it registers the custom layers first).
 
-__all__ = [
-    "ATTENTIONS",
-    "MODEL_MODES",
-    "MODEL_NAMES",
-    "STRIDES",
-    "ChannelPool",
-    "ModelOptions",
-    "StochasticDepth",
-    "build_model",
-    "resolve_strides",
-]
+Importing this package does not import Keras: MODEL_NAMES and the spec tables (specs.py)
+need none, and the other names load on first use, so that settings can be validated
+without the seconds Keras and TensorFlow take to import. Importing lightcnn.models.blocks
+(which any Keras name here does) registers the custom layers, after which
+`keras.models.load_model(path)` works without custom_objects.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from lightcnn.models.specs import MODEL_NAMES, MODEL_SPECS
+
+_LAZY = {
+    "ATTENTIONS": "blocks", "ChannelPool": "blocks", "StochasticDepth": "blocks",
+    "STRIDES": "builder", "build_model": "builder", "resolve_strides": "builder",
+    "MODEL_MODES": "options", "ModelOptions": "options",
+}
+
+__all__ = ["MODEL_NAMES", "MODEL_SPECS", "load_model", *_LAZY]
+
+
+def load_model(path: Any) -> Any:
+    """keras.models.load_model for a model saved by this package, its custom layers registered."""
+    import keras
+
+    importlib.import_module("lightcnn.models.blocks")
+    return keras.models.load_model(path)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"lightcnn.models.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lightcnn.models' has no attribute {name!r}")

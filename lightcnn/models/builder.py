@@ -9,9 +9,8 @@ from keras import layers
 from lightcnn.models import blocks
 from lightcnn.models.blocks import ATTENTIONS, CSPArgs, LayerFactory, MBArgs
 from lightcnn.models.options import ModelOptions, resolve_mode
-from lightcnn.models.specs import MODEL_SPECS, Row
+from lightcnn.models.specs import MODEL_NAMES, MODEL_SPECS, Row
 
-MODEL_NAMES = tuple(MODEL_SPECS)
 STRIDES = ("cifar", "birds", "auto")
 AUTO_CIFAR_MAX_SIZE = 64  # "auto" strides: CIFAR strides up to this input height/width
 

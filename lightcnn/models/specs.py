@@ -134,3 +134,4 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     "our_large": ModelSpec(OUR_LARGE, survival_decay=0.083),
     "our_small": ModelSpec(OUR_SMALL, survival_decay=0.01),
 }
+MODEL_NAMES = tuple(MODEL_SPECS)

@@ -126,7 +126,8 @@ class Checkpoint:
             if not (self.directory / name).exists():
                 raise RuntimeError(f"checkpoint {self.state_path} names {self.directory / name}, which is missing; "
                                    f"delete {self.directory} to train from scratch")
-        model.optimizer.build(model.trainable_variables)  # so its state loads too
+        if not model.optimizer.built:  # compile_model builds it; a model compiled elsewhere may not be
+            model.optimizer.build(model.trainable_variables)  # so its state loads too
         model.load_weights(self.directory / state["weights_file"])
         variables = rng_variables(model)
         if len(variables) != len(state["rng_states"]):

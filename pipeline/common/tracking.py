@@ -312,13 +312,14 @@ class ModelRun:
         self._safely("logging the dataset", self.client.log_inputs, self.run_id, datasets=inputs)
 
     def log_keras_model(self, model_path: Path, name: str = "model") -> None:
-        import keras
         import mlflow
         import numpy as np
         from mlflow.models import infer_signature
 
+        from lightcnn.models import load_model
+
         def log() -> None:
-            model = keras.models.load_model(model_path)
+            model = load_model(model_path)
             example = np.zeros((1, *model.input_shape[1:]), dtype="float32")
             signature = infer_signature(example, model.predict(example, verbose=0))
             with mlflow.start_run(run_id=self.run_id, log_system_metrics=False):
