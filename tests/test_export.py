@@ -63,6 +63,7 @@ def trained_small_model(shared_data):
     keras.utils.set_random_seed(1)
     model = build_model("our_small", num_classes=10, stochastic_depth=False)
     model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy")
+    model.optimizer.build(model.trainable_variables)  # else its first step creates them: traced twice
     model.fit(train_images, train_labels, batch_size=32, epochs=3, verbose=0)
     _set_batchnorm_statistics(model, train_images[:1000])
     variants = convert_variants(model, representative_images=train_images[:100])
