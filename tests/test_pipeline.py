@@ -255,7 +255,6 @@ def one_seed(project):
     return root, env, server, training_runs[str(FAULT_SEED)], first_train_json
 
 
-
 def test_mlflow_server_stopping_mid_training_loses_no_results_and_leaves_no_run_running(one_seed):
     root, env, server, _, _ = one_seed
     set_param(root, env, "train.label_smoothing=0.2")

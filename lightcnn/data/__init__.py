@@ -4,6 +4,7 @@
 preprocess worker processes import this package); the input pipeline names are loaded
 from `lightcnn.data.pipeline`, which does, on first use.
 """
+from lightcnn import lazy_names
 from lightcnn.data.download import DataError, download_file, extract_archive
 from lightcnn.data.fetch import (
     DATASETS,
@@ -35,9 +36,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name in _PIPELINE_NAMES:
-        from lightcnn.data import pipeline
-
-        return getattr(pipeline, name)
-    raise AttributeError(f"module 'lightcnn.data' has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, dict.fromkeys(_PIPELINE_NAMES, "pipeline"), globals())

@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from lightcnn import lazy_names
 from lightcnn.models.specs import MODEL_NAMES, MODEL_SPECS
 
 _LAZY = {
@@ -34,9 +35,4 @@ def load_model(path: Any) -> Any:
     return keras.models.load_model(path)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f"lightcnn.models.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'lightcnn.models' has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _LAZY, globals())

@@ -12,9 +12,7 @@ select_backend(config.backend) before Keras is imported.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from lightcnn import lazy_names
 from lightcnn.training.backend import (
     BackendError,
     imported_backend,
@@ -51,9 +49,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f"lightcnn.training.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'lightcnn.training' has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _LAZY, globals())
