@@ -97,14 +97,24 @@ def test_float16_tflite_is_within_1e_2_of_keras_and_half_the_size(trained_small_
     assert len(variants["float16"]) < 0.6 * len(variants["float32"])
 
 
-def test_int8_tflite_agrees_with_keras_on_at_least_90_percent(trained_small_model):
+def test_int8_tflite_follows_keras_wherever_keras_is_decisive(trained_small_model):
+    """A briefly trained model (about 30% top-1) has many near ties, and which side of a tie int8
+    lands on follows the exact trained weights, which differ between CPUs: its overall agreement
+    with Keras ranged from 83% to 94% over training seeds here. What holds on every CPU: where
+    Keras's top class leads the runner-up by 0.1 or more, int8 picks the same class, and its
+    probabilities stay close on average. A wrong scale, zero point or op breaks both."""
     variants = trained_small_model["variants"]
+    keras_probs = trained_small_model["keras_probs"]
     tflite = TFLiteModel(variants["int8"])
-    result = evaluate_tflite(tflite, trained_small_model["test_images"], trained_small_model["test_labels"],
-                             reference_probs=trained_small_model["keras_probs"])
+    int8_probs = tflite.predict(trained_small_model["test_images"])
+    top2 = np.sort(keras_probs, axis=1)[:, -2:]
+    decisive = top2[:, 1] - top2[:, 0] >= 0.1
+    same_class = int8_probs.argmax(axis=1) == keras_probs.argmax(axis=1)
 
     assert tflite.input_dtype == np.int8 and tflite.output_dtype == np.int8
-    assert result["agreement"] >= 0.90, result
+    assert decisive.sum() >= 30, f"only {decisive.sum()} decisive images: the model is not trained enough to test"
+    assert same_class[decisive].mean() >= 0.97, (decisive.sum(), same_class[decisive].mean())
+    assert np.abs(int8_probs - keras_probs).mean() <= 0.02
     assert len(variants["int8"]) < 0.35 * len(variants["float32"])
     placed = placement(variants["int8"])
     assert "HARD_SWISH" not in {op["op"] for op in placed["ops"]}, "int8 hard-swish falls back to LiteRT's kernel"
