@@ -41,6 +41,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, shared_data):
+    """(root, env, MLflow server, id of the run that trained the model, train.json as first written)."""
     root = tmp_path_factory.mktemp("pipeline") / "project"
     root.mkdir(parents=True)
     audit = root.parent / "params-audit.jsonl"
