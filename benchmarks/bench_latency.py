@@ -8,7 +8,7 @@ stochastic-depth fold, per-tensor weights) and float32 without the fold, all in 
 interleaved run so that their ratios are fair.
 
     python benchmarks/bench_latency.py [--keras-dir DIR] [--threads 1 2] [--rounds 40]
-        [--runs-per-round 10] [--levers [--lever-models ...]] [--accuracy-images 2000]
+        [--runs-per-round 10] [--models ...] [--levers [--lever-models ...]] [--accuracy-images 2000]
 
 Models: DIR/<model>.keras if given, else the pipeline's models/<model>/seed-<seed>/best.keras
 if present, else freshly built (random weights, BatchNorm statistics set on real images):
@@ -17,12 +17,16 @@ images of ../shared/data/cifar10-jpeg.tar.gz; accuracy (trained models only) is 
 the first --accuracy-images test images. Writes benchmarks/results/latency.{json,md} and
 op_profiles.{json,md} (git-ignored) and prints the Markdown. The load average is recorded:
 the machine may be shared, which interleaving keeps fair for ratios but not for absolute ms.
+latency.json also names the command and where each model came from; to publish a
+measurement, `python benchmarks/results_table.py record-latency --name ... --what ...`
+copies it into docs/latency/<name>/ and the README's latency tables are generated from it.
 """
 from __future__ import annotations
 
 import argparse
-import json
+import hashlib
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -54,19 +58,20 @@ def int8_levers():
     }
 
 
-def load_models(keras_dir: Path | None, seed: int, calibration: np.ndarray) -> dict:
-    """{model: (keras model, trained?)} from keras_dir, the pipeline's models/, or freshly built."""
+def load_models(keras_dir: Path | None, seed: int, calibration: np.ndarray, names: list[str]) -> dict:
+    """{model: (keras model, trained?, where it came from)} from keras_dir, the pipeline's models/, or freshly built."""
     import keras
 
     from lightcnn.models import build_model, load_model
 
     models = {}
-    for name in MODELS:
+    for name in names:
         candidates = [keras_dir / f"{name}.keras"] if keras_dir else []
         candidates.append(PROJECT_ROOT / "models" / name / f"seed-{seed}" / "best.keras")
         found = next((path for path in candidates if path.is_file()), None)
         if found:
-            models[name] = (load_model(found), True)
+            digest = hashlib.sha256(found.read_bytes()).hexdigest()[:12]
+            models[name] = (load_model(found), True, f"trained, {found.name} (sha256 {digest}...)")
             print(f"{name}: {found}", flush=True)
             continue
         keras.utils.set_random_seed(seed)
@@ -81,7 +86,7 @@ def load_models(keras_dir: Path | None, seed: int, calibration: np.ndarray) -> d
         for layer in model.layers:
             if layer.name in momenta:
                 layer.momentum = momenta[layer.name]
-        models[name] = (model, False)
+        models[name] = (model, False, "random weights, BatchNorm statistics from 64 training images")
         print(f"{name}: random weights (no trained model found)", flush=True)
     return models
 
@@ -95,6 +100,7 @@ def main() -> None:
     parser.add_argument("--runs-per-round", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--levers", action="store_true", help="also time the int8 recipes tried (see int8_levers)")
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), help="the models to time")
     parser.add_argument("--lever-models", nargs="+", choices=MODELS, default=list(MODELS),
                         help="the models to convert with every lever (each lever is one more conversion)")
     parser.add_argument("--accuracy-images", type=int, default=2000)
@@ -108,21 +114,22 @@ def main() -> None:
 
     from lightcnn import io
     from lightcnn.export import VARIANTS, TFLiteModel, convert_variants, evaluate_tflite, write_tflite
-    from lightcnn.latency import interleaved_latency, latency_markdown, load_average
+    from lightcnn.latency import interleaved_latency, latency_markdown, levers_markdown, load_average
     from lightcnn.profiling import op_profile, profile_markdown
     from tests.helpers_real_data import load_cifar10_sample
 
     started = time.time()
+    (args.out / "latency.json").unlink(missing_ok=True)  # an interrupted run leaves no stale pairing
     print(f"load average at start: {load_average()}", flush=True)
     calibration, _ = load_cifar10_sample(args.archive, "train", per_class=20)
     per_class = max(1, args.accuracy_images // 10)
     test_images, test_labels = load_cifar10_sample(args.archive, "test", per_class=per_class)
-    models = load_models(args.keras_dir, args.seed, calibration)
+    models = load_models(args.keras_dir, args.seed, calibration, args.models)
     levers = int8_levers() if args.levers else {}
 
     tflite_dir = args.out / "tflite"
     files, accuracy = {}, {}
-    for name, (model, trained) in models.items():
+    for name, (model, trained, _) in models.items():
         names = list(VARIANTS)
         if levers and name in args.lever_models:
             names += ["float32 no fold", *levers]
@@ -151,31 +158,33 @@ def main() -> None:
     measurement = interleaved_latency(files, args.threads, rounds=args.rounds,
                                       runs_per_round=args.runs_per_round, warmup=args.warmup)
     measurement["accuracy"] = {"test_images": int(len(test_labels)), "by_model": accuracy}
+    measurement["context"]["command"] = shlex.join(["python", "benchmarks/bench_latency.py", *sys.argv[1:]])
+    measurement["context"]["models"] = {name: source for name, (_, _, source) in models.items()}
     print(f"timed ({time.time() - started:.0f} s)", flush=True)
 
-    main_files = {key: path for key, path in files.items() if key[1] in VARIANTS}
     main_results = {"context": measurement["context"],
                     "results": [r for r in measurement["results"] if r["variant"] in VARIANTS]}
     markdown = ["# LiteRT latency, interleaved", "", latency_markdown(main_results, PAIRS)]
     if levers:
-        markdown += ["## int8 levers (same run)", "", _lever_table(measurement, models, accuracy, args.threads)]
+        markdown += ["## int8 levers (same run)", "", levers_markdown(measurement)]
     if accuracy:
         markdown += ["## Accuracy on the test images", "", _accuracy_table(accuracy, len(test_labels))]
 
-    io.write_json(args.out / "latency.json", measurement)
-    io.write_text(args.out / "latency.md", "\n".join(markdown))
     print("\n".join(markdown), flush=True)
 
     profiles, profile_lines = {}, ["# Op profiles (1 thread)", ""]
-    for (name, variant), path in main_files.items():
+    for (name, variant), path in files.items():  # the levers too: where their time goes is the point
         profile = op_profile(path, threads=1)
         profiles[f"{name}/{variant}"] = profile
         profile_lines.append(profile_markdown(profile, f"{name} {variant}"))
     print(f"profiled ({time.time() - started:.0f} s)", flush=True)
 
+    print("\n".join(profile_lines))
+    # latency.json last: record-latency copies the Markdown files beside it, which must be this run's.
     io.write_json(args.out / "op_profiles.json", profiles)
     io.write_text(args.out / "op_profiles.md", "\n".join(profile_lines))
-    print("\n".join(profile_lines))
+    io.write_text(args.out / "latency.md", "\n".join(markdown))
+    io.write_json(args.out / "latency.json", measurement)
     print(f"written to {args.out}; load average at the end: {load_average()}")
 
 
@@ -184,31 +193,8 @@ def _slug(variant: str) -> str:
     return "".join(c for c in variant.replace(" ", "_") if c.isalnum() or c in "_-")
 
 
-def _lever_table(measurement: dict, models: dict, accuracy: dict, threads: list[int]) -> str:
-    from lightcnn.latency import find_result
-
-    variants = list(dict.fromkeys(r["variant"] for r in measurement["results"]))
-    models = [name for name in models if all(any(r["model"] == name and r["variant"] == variant
-                                                 for r in measurement["results"]) for variant in variants)]
-    lines = ["Speed vs float32 (float32 time / variant time, median; > 1 is faster); top-1 where trained.", "",
-             "| variant | " + " | ".join(f"{name} ({t}t)" for name in models for t in threads) + " |",
-             "|---|" + "---:|" * (len(models) * len(threads))]
-    for variant in variants:
-        if variant == "float32":
-            continue
-        cells = []
-        for name in models:
-            for count in threads:
-                reference = find_result(measurement, name, "float32", count)["median_ms"]
-                speed = reference / find_result(measurement, name, variant, count)["median_ms"]
-                top1 = accuracy.get(name, {}).get(variant, {}).get("top1")
-                cells.append(f"{speed:.2f}x" + (f" ({top1:.1%})" if top1 is not None and count == threads[0] else ""))
-        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def _accuracy_table(accuracy: dict, count: int) -> str:
-    lines = [f"Top-1 on {count} CIFAR-10 test images (briefly trained models; agreement with Keras)", "",
+    lines = [f"Top-1 on {count} CIFAR-10 test images of the trained models (agreement with Keras)", "",
              "| model | Keras | float32 | float16 | int8 | int8 - float32 (points) |", "|---|---:|---:|---:|---:|---:|"]
     for name, result in accuracy.items():
         lines.append(f"| {name} | {result['keras']:.1%} | {result['float32']['top1']:.1%} | "

@@ -11,8 +11,13 @@
         --command "dvc exp run -S model=our_small -S train.recipe=study" --wall-seconds 21600 \\
         --training-data "CIFAR-10, JPEG copy (../shared/data/cifar10-jpeg.tar.gz), 40,000 train / 10,000 val"
 
-The table sits between `<!-- results-table:begin -->` and `<!-- results-table:end -->` in
-README.md; lightcnn/results.py describes the run folders (RUN_FORMAT).
+    # Publish a latency measurement of benchmarks/bench_latency.py as docs/latency/<name>/:
+    python benchmarks/results_table.py record-latency --name 2026-11-26-trained \
+        --what "the four models trained on CIFAR-10, idle machine"
+
+The tables sit between their markers in README.md (`<!-- results-table:begin -->` ...);
+lightcnn/results.py describes the run folders (RUN_FORMAT), lightcnn/latency_record.py the
+latency folders; the README's latency tables come from the newest of those.
 """
 from __future__ import annotations
 
@@ -26,10 +31,12 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from lightcnn import results  # noqa: E402
+from lightcnn import latency_record, results  # noqa: E402
 
 DEFAULT_README = PROJECT_ROOT / "README.md"
 DEFAULT_RESULTS_DIR = PROJECT_ROOT / "docs" / "results"
+DEFAULT_LATENCY_DIR = PROJECT_ROOT / "docs" / "latency"
+DEFAULT_BENCH_OUT = PROJECT_ROOT / "benchmarks" / "results"
 
 
 def _git_commit(workspace: Path) -> str:
@@ -83,10 +90,33 @@ def record(args: argparse.Namespace) -> None:
     print(f"recorded {folder}; now run `python benchmarks/results_table.py` and commit both")
 
 
+def record_latency(args: argparse.Namespace) -> None:
+    command = json.loads((args.source / latency_record.LATENCY_FILE).read_text()).get("context", {}).get("command") \
+        if (args.source / latency_record.LATENCY_FILE).is_file() else None
+    record = {"name": args.name, "what": args.what, "command": args.command or command or "",
+              "git_commit": args.git_commit or _git_commit(PROJECT_ROOT),
+              "date": args.date or datetime.date.today().isoformat()}
+    if not record["command"]:
+        raise SystemExit(f"{args.source / latency_record.LATENCY_FILE} names no command: pass --command")
+    folder = latency_record.record_latency(args.latency_dir, args.source, record)
+    print(f"recorded {folder}; now run `python benchmarks/results_table.py` and commit both")
+
+
+def latency_tables(latency_dir: Path) -> list[tuple[str, str, str]]:
+    """The README's latency tables from the newest measurement in latency_dir, with their markers."""
+    measurement = latency_record.latest_latency(latency_dir)
+    shown = latency_dir.relative_to(PROJECT_ROOT) if latency_dir.is_relative_to(PROJECT_ROOT) else latency_dir
+    return [(latency_record.LATENCY_BEGIN_MARK, latency_record.LATENCY_END_MARK,
+             latency_record.render_latency_section(measurement, str(shown))),
+            (latency_record.LEVERS_BEGIN_MARK, latency_record.LEVERS_END_MARK,
+             latency_record.render_levers_section(measurement))]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--readme", type=Path, default=DEFAULT_README)
     parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR)
+    parser.add_argument("--latency-dir", type=Path, default=DEFAULT_LATENCY_DIR)
     parser.add_argument("--check", action="store_true", help="exit 1 if the README's table is out of date")
     parser.add_argument("--print", action="store_true", help="print the table, change nothing")
     commands = parser.add_subparsers(dest="command_name")
@@ -107,24 +137,37 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("--git-commit", default=None)
     rec.add_argument("--date", default=None, help="ISO date the run finished (default today)")
     rec.add_argument("--notes", default=None)
+    lat = commands.add_parser("record-latency",
+                              help="publish a measurement of benchmarks/bench_latency.py as docs/latency/<name>/")
+    lat.add_argument("--name", required=True, help="the folder name, e.g. 2026-11-26-trained")
+    lat.add_argument("--what", required=True, help="what was measured: which models, trained how, on what machine state")
+    lat.add_argument("--from", dest="source", type=Path, default=DEFAULT_BENCH_OUT,
+                     help="the folder bench_latency.py wrote (default benchmarks/results)")
+    lat.add_argument("--command", default=None, help="default: the command latency.json names")
+    lat.add_argument("--git-commit", default=None)
+    lat.add_argument("--date", default=None, help="ISO date of the measurement (default today)")
     args = parser.parse_args(argv)
 
     try:
         if args.command_name == "record":
             record(args)
             return 0
+        if args.command_name == "record-latency":
+            record_latency(args)
+            return 0
         if args.print:
             print(results.render_table(results.load_runs(args.results_dir)), end="")
             return 0
-        current = results.update_readme(args.readme, args.results_dir, check=args.check)
+        current = results.update_readme(args.readme, args.results_dir, check=args.check,
+                                        more_tables=latency_tables(args.latency_dir.resolve()))
     except (ValueError, FileExistsError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.check and not current:
-        print(f"{args.readme}: the results table is out of date; run `python benchmarks/results_table.py` "
+        print(f"{args.readme}: the generated tables are out of date; run `python benchmarks/results_table.py` "
               "and commit the README", file=sys.stderr)
         return 1
-    print(f"{args.readme}: results table {'up to date' if current else 'rewritten'}")
+    print(f"{args.readme}: generated tables {'up to date' if current else 'rewritten'}")
     return 0
 
 

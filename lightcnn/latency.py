@@ -197,11 +197,13 @@ def latency_markdown(measurement: dict, pairs: Mapping[str, str] | None = None,
     variant's speed-up over `reference_variant` (reference time / variant time, > 1 is
     faster). `pairs` ({model: the model it is compared with}, e.g. {"our_small":
     "mobilenetv3_small"}) adds a table of time ratios model / compared model per variant
-    (< 1: the model is faster). A context line names the CPU, LiteRT and the run. A
-    (model, variant, threads) that was not measured shows as n/a.
+    (< 1: the model is faster); a pair with a model that was not measured is left out. A
+    context line names the CPU, LiteRT and the run. A (model, variant, threads) that was not
+    measured shows as n/a.
     """
     context, results = measurement["context"], measurement["results"]
     models = list(dict.fromkeys(result["model"] for result in results))
+    pairs = {model: compared for model, compared in (pairs or {}).items() if model in models and compared in models}
     variants = list(dict.fromkeys(result["variant"] for result in results))
     lines = [f"CPU: {context['cpu']} ({context['logical_cores']} logical cores; "
              f"{', '.join(context['vector_extensions']) or 'no listed vector extensions'}), "
@@ -236,3 +238,43 @@ def latency_markdown(measurement: dict, pairs: Mapping[str, str] | None = None,
                 lines.append(f"| {model} / {compared} | {count} | " + " | ".join(ratios) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def levers_markdown(measurement: dict, reference_variant: str = "float32") -> str:
+    """A Markdown table of every variant's speed over `reference_variant`, per model and thread count
+    (reference time / variant time, medians of the same interleaved rounds; > 1 is faster), with
+    its top-1 and agreement with Keras where `measurement["accuracy"]` has them (trained models).
+
+    Rows: a Keras row when there are accuracies, then every variant (the reference first, at
+    1.00x by definition); columns: the models measured in every variant.
+    """
+    results, threads = measurement["results"], measurement["context"]["threads"]
+    variants = [reference_variant, *(v for v in dict.fromkeys(r["variant"] for r in results)
+                                     if v != reference_variant)]
+    models = [name for name in dict.fromkeys(r["model"] for r in results)
+              if all(_lookup(measurement, name, variant, count) is not None for variant in variants
+                     for count in threads)]
+    accuracy = (measurement.get("accuracy") or {}).get("by_model") or {}
+    images = (measurement.get("accuracy") or {}).get("test_images")
+    per_thread = " / ".join(f"{count} thread{'s' if count > 1 else ''}" for count in threads)
+    lines = [f"Speed vs {reference_variant} at {per_thread} ({reference_variant} time / variant time, medians "
+             "of the same interleaved rounds; > 1 is faster)"
+             + (f"; top-1 on {images} test images and agreement with Keras's top class" if accuracy else "")
+             + ".", "",
+             "| variant | " + " | ".join(f"`{name}`" for name in models) + " |",
+             "|---|" + "---|" * len(models)]
+    if any(name in accuracy for name in models):
+        lines.append("| Keras (top-1) | " + " | ".join(
+            f"{accuracy[name]['keras']:.2%}" if name in accuracy else "not trained" for name in models) + " |")
+    for variant in variants:
+        cells = []
+        for name in models:
+            speeds = [_ratio(_lookup(measurement, name, reference_variant, count),
+                             _lookup(measurement, name, variant, count), "{:.2f}x") for count in threads]
+            cell = " / ".join(speeds)
+            figures = accuracy.get(name, {}).get(variant)
+            if figures:
+                cell += f"; {figures['top1']:.2%} (agree {figures['agreement']:.1%})"
+            cells.append(cell)
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

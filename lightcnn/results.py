@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -340,18 +341,22 @@ def replace_table(text: str, table: str, where: str = "README", begin_mark: str 
     return text[:start] + "\n" + table + text[stop:]
 
 
-def update_readme(readme: str | os.PathLike, results_dir: str | os.PathLike, check: bool = False) -> bool:
+def update_readme(readme: str | os.PathLike, results_dir: str | os.PathLike, check: bool = False,
+                  more_tables: Sequence[tuple[str, str, str]] = ()) -> bool:
     """Render the tables from results_dir into readme between their markers (the results
-    table, and the TFLite accuracy table).
+    table, and the TFLite accuracy table), and each of more_tables ((begin mark, end mark,
+    Markdown), e.g. lightcnn.latency_record's) between its own.
 
-    check=False: rewrite the file (atomically) if the table changed; check=True: change
-    nothing. Returns True when the README already held the current table.
+    check=False: rewrite the file (atomically) if a table changed; check=True: change
+    nothing. Returns True when the README already held the current tables.
     """
     readme = Path(readme)
     text = readme.read_text(encoding="utf-8")
     runs = load_runs(results_dir)
     updated = replace_table(text, render_table(runs), str(readme))
     updated = replace_table(updated, render_tflite_table(runs), str(readme), TFLITE_BEGIN_MARK, TFLITE_END_MARK)
+    for begin_mark, end_mark, table in more_tables:
+        updated = replace_table(updated, table, str(readme), begin_mark, end_mark)
     if updated == text:
         return True
     if not check:

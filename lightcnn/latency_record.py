@@ -1,0 +1,160 @@
+"""Recorded CPU latency measurements and the README tables generated from them (never typed).
+
+`benchmarks/bench_latency.py` measures every model and variant interleaved in one process
+(lightcnn.latency.interleaved_latency) into benchmarks/results/ (scratch, git-ignored).
+`python benchmarks/results_table.py record-latency` copies such a measurement into a
+committed folder docs/latency/<name>/ (latency.json with a "record" saying what was
+measured, at which commit and by which command; latency.md; op_profiles.md), and the
+README's latency tables are rendered from the newest recorded folder. A folder is written
+complete or not at all and never overwritten.
+
+Light on purpose: no TensorFlow or LiteRT import, so the README check runs in a second.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from lightcnn import io
+from lightcnn.latency import latency_markdown, levers_markdown
+
+LATENCY_FILE = "latency.json"
+COPIED_FILES = ("latency.md", "op_profiles.md")  # beside latency.json when the benchmark wrote them
+LATENCY_BEGIN_MARK = "<!-- latency-table:begin -->"
+LATENCY_END_MARK = "<!-- latency-table:end -->"
+LEVERS_BEGIN_MARK = "<!-- int8-levers-table:begin -->"
+LEVERS_END_MARK = "<!-- int8-levers-table:end -->"
+MAIN_VARIANTS = ("float32", "float16", "int8")  # lightcnn.export.VARIANTS, without importing it
+PAIRS = {"our_large": "mobilenetv3_large", "our_small": "mobilenetv3_small"}
+CONTEXT_FIELDS = ("cpu", "logical_cores", "vector_extensions", "litert_version", "rounds", "runs_per_round",
+                  "warmup", "threads", "load_average_before", "load_average_after", "started_at")
+RESULT_FIELDS = ("model", "variant", "threads", "median_ms", "p90_ms", "ci95_low_ms", "ci95_high_ms")
+RECORD_FIELDS = ("name", "what", "command", "git_commit", "date")
+
+
+class LatencyFolderError(ValueError):
+    """A latency folder that cannot be read: the message names the folder and the problem."""
+
+
+def _check(condition: bool, folder: Path, message: str) -> None:
+    if not condition:
+        raise LatencyFolderError(f"{folder}: {message}")
+
+
+def check_measurement(measurement: Any, folder: Path, recorded: bool = True) -> dict:
+    """The measurement if it holds what the tables need; else LatencyFolderError naming the problem."""
+    _check(isinstance(measurement, dict), folder, f"{LATENCY_FILE} must hold an object")
+    context, results = measurement.get("context"), measurement.get("results")
+    _check(isinstance(context, dict), folder, f"{LATENCY_FILE} has no 'context' (CPU, LiteRT, rounds, ...)")
+    missing = [field for field in CONTEXT_FIELDS if field not in context]
+    _check(not missing, folder, f"'context' lacks {', '.join(missing)}: was it written by bench_latency.py?")
+    _check(isinstance(results, list) and bool(results), folder, f"{LATENCY_FILE} has no 'results'")
+    for index, result in enumerate(results):
+        missing = [field for field in RESULT_FIELDS if field not in result]
+        _check(not missing, folder, f"results[{index}] lacks {', '.join(missing)}")
+    measured = {(r["model"], r["variant"], r["threads"]) for r in results}
+    models = sorted({r["model"] for r in results})
+    absent = [f"{model} {variant} ({count} thread(s))" for model in models for variant in MAIN_VARIANTS
+              for count in context["threads"] if (model, variant, count) not in measured]
+    _check(not absent, folder, f"no latency for {', '.join(absent)}: the tables need every model in "
+                               f"{', '.join(MAIN_VARIANTS)} at every thread count")
+    if recorded:
+        record = measurement.get("record")
+        _check(isinstance(record, dict), folder, f"{LATENCY_FILE} has no 'record' (made by record-latency)")
+        missing = [field for field in RECORD_FIELDS if not isinstance(record.get(field), str) or not record[field]]
+        _check(not missing, folder, f"'record' lacks {', '.join(missing)}")
+        _check(record["name"] == folder.name, folder, f"'record' names {record['name']!r}, not its folder")
+    return measurement
+
+
+def load_latency(folder: str | os.PathLike) -> dict:
+    """A recorded measurement, checked (LatencyFolderError naming the problem otherwise)."""
+    folder = Path(folder)
+    path = folder / LATENCY_FILE
+    _check(path.is_file(), folder, f"no {LATENCY_FILE}")
+    try:
+        measurement = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise LatencyFolderError(f"{folder}: {LATENCY_FILE} is not valid JSON ({error})") from error
+    return check_measurement(measurement, folder)
+
+
+def latest_latency(latency_dir: str | os.PathLike) -> dict | None:
+    """The newest recorded measurement in latency_dir (by record date, then the time it started); None if
+    there is none."""
+    latency_dir = Path(latency_dir)
+    folders = sorted(path for path in latency_dir.iterdir() if path.is_dir() and not path.name.startswith(".")) \
+        if latency_dir.is_dir() else []
+    measurements = [load_latency(folder) for folder in folders]
+    if not measurements:
+        return None
+    return max(measurements, key=lambda m: (m["record"]["date"], m["context"]["started_at"], m["record"]["name"]))
+
+
+def record_latency(latency_dir: str | os.PathLike, source_dir: str | os.PathLike, record: dict) -> Path:
+    """Copy bench_latency.py's output in source_dir into latency_dir/<record["name"]>/ with `record`
+    (RECORD_FIELDS) added to its latency.json. Complete or not at all; never overwrites."""
+    latency_dir, source_dir = Path(latency_dir), Path(source_dir)
+    name = record.get("name") or ""
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"--name {name!r}: give a plain folder name, e.g. 2026-11-26-trained")
+    target = latency_dir / name
+    if target.exists():
+        raise FileExistsError(f"{target} exists already: give the measurement another name")
+    source = source_dir / LATENCY_FILE
+    if not source.is_file():
+        raise FileNotFoundError(f"{source} not found: run `python benchmarks/bench_latency.py` first "
+                                "(or pass --from the folder it wrote)")
+    measurement = check_measurement(json.loads(source.read_text()), source_dir, recorded=False)
+    latency_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=latency_dir))
+    try:
+        folder = staging / name
+        folder.mkdir()
+        io.write_json(folder / LATENCY_FILE, {**measurement, "record": record})
+        for file_name in COPIED_FILES:
+            if (source_dir / file_name).is_file():
+                shutil.copyfile(source_dir / file_name, folder / file_name)
+        load_latency(folder)  # a folder the README cannot render is never kept
+        os.rename(folder, target)
+        return target
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _models_line(measurement: dict) -> str:
+    models = measurement["context"].get("models") or {}
+    if not models:
+        return ""
+    described = [f"{name}: {source}" for name, source in models.items()]
+    return "Models: " + "; ".join(described) + "."
+
+
+def render_latency_section(measurement: dict | None, latency_dir: str = "docs/latency",
+                           pairs: dict[str, str] | None = None) -> str:
+    """The README's latency tables (float32, float16, int8 per thread count) and the time ratios
+    of each measured pair ({model: the model it is compared with}; default ours / MobileNetV3)."""
+    if measurement is None:
+        return (f"No latency measurement recorded yet in `{latency_dir}/`: run `python benchmarks/bench_latency.py`, "
+                "then `python benchmarks/results_table.py record-latency --name ... --what ...`.\n")
+    record = measurement["record"]
+    main = {"context": measurement["context"],
+            "results": [r for r in measurement["results"] if r["variant"] in MAIN_VARIANTS]}
+    header = [f"Measurement `{record['name']}` ({record['date']}, commit {record['git_commit'][:7]}; "
+              f"files in `{latency_dir}/{record['name']}/`, op profiles in its `op_profiles.md`): "
+              f"{record['what']}. Command: `{record['command']}`.", ""]
+    models = _models_line(measurement)
+    if models:
+        header += [models, ""]
+    return "\n".join(header) + "\n" + latency_markdown(main, PAIRS if pairs is None else pairs)
+
+
+def render_levers_section(measurement: dict | None) -> str:
+    """The README's int8-levers table (speed of each int8 recipe vs float32, top-1 where trained)."""
+    if measurement is None or not any(r["variant"] not in MAIN_VARIANTS for r in measurement["results"]):
+        return "The newest recorded measurement timed no int8 levers (run bench_latency.py with `--levers`).\n"
+    return levers_markdown(measurement)
