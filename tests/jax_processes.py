@@ -30,14 +30,17 @@ def compilation_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def jax_environment(cache_dir: Path, **extra: str) -> dict[str, str]:
-    """os.environ for a subprocess on Keras' JAX backend that uses the shared compilation cache."""
-    return {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(PROJECT_ROOT),
+def jax_environment(cache_dir: Path | None, **extra: str) -> dict[str, str]:
+    """os.environ for a subprocess on Keras' JAX backend, using the shared compilation cache
+    where cache_dir is given (None: a process that compiles little, e.g. an import check)."""
+    environment = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(PROJECT_ROOT)}
+    if cache_dir is not None:
+        environment.update({
             "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
             # Cache every executable, however small or quick to compile: the eager ops of a model
             # build are each quick, but there are hundreds of them.
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-            **extra}
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"})
+    return {**environment, **extra}
 
 
 @pytest.fixture(scope="session")

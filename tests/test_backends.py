@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from typing import get_args
 
-from lightcnn.data import DataError, arrays
+from lightcnn.data import DataError
 from lightcnn.data.arrays import ImageArrays, load_image_arrays, shift_and_flip, shifts_and_flips, training_batches
 from lightcnn.models import ATTENTIONS, MODEL_MODES
 from lightcnn.training import BackendError, resolve_config, select_backend, train_model
@@ -44,8 +44,7 @@ sys.meta_path.insert(0, _NoTensorFlow())
 def run_python(code: str, *, env: dict | None = None, timeout: int = 900, cwd: Path = PROJECT_ROOT,
                check: bool = True) -> subprocess.CompletedProcess:
     """Run `code` in a fresh Python whose Keras backend is JAX and which cannot import TensorFlow."""
-    environment = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3",
-                   "PYTHONPATH": str(PROJECT_ROOT), **(env or {})}
+    environment = jax_environment(None, **(env or {}))
     script = BLOCK_TENSORFLOW + textwrap.dedent(code)
     result = subprocess.run([sys.executable, "-c", script], cwd=cwd, env=environment, capture_output=True,
                             text=True, timeout=timeout)
@@ -163,6 +162,7 @@ def test_training_batches_depend_on_seed_and_epoch_only():
     for index in range(3):
         (x1, y1), (x2, y2) = first[index], second[index]
         assert np.array_equal(keras.ops.convert_to_numpy(x1), keras.ops.convert_to_numpy(x2))
+        assert np.array_equal(keras.ops.convert_to_numpy(y1), keras.ops.convert_to_numpy(y2))
     x0 = keras.ops.convert_to_numpy(first[0][0])
     first.epoch = 1
     assert not np.array_equal(x0, keras.ops.convert_to_numpy(first[0][0]))  # a new epoch, a new order
