@@ -277,6 +277,22 @@ def test_train_model_writes_best_model_history_and_checkpoint(uninterrupted):
         assert same == (epoch == summary["best_epoch"]), epoch
 
 
+def test_batch_norm_statistics_carry_no_weight_of_their_initial_values(uninterrupted):
+    """After 8 steps Keras' moving variance still holds 0.99**8 = 92% of its initial 1.0, while
+    the stem's true variance is about 1e-3 (the study's small kernels): corrected, the saved
+    model's statistics are those of the images (lightcnn/training/batchnorm.py)."""
+    out_dir, _, _ = uninterrupted
+    model = load_model(out_dir / "best.keras")
+    images = cifar10_images("train", TRAIN_PER_CLASS)[0].astype(np.float32) / 255.0
+    stem = model.get_layer("stem_conv_bn")
+    stem_output = keras.ops.convert_to_numpy(keras.Model(model.inputs, stem.input)(images))
+    true_variance = stem_output.var(axis=(0, 1, 2))
+    moving_variance = keras.ops.convert_to_numpy(stem.moving_variance)
+    assert float(np.max(true_variance)) < 0.05  # the premise: far below the initial 1.0
+    ratio = np.median(moving_variance / true_variance)
+    assert 1 / 3 < ratio < 3, f"moving variance {ratio:.1f} times the images' (uncorrected: about 1000)"
+
+
 def test_same_seed_and_data_give_identical_runs(uninterrupted, tmp_path, capsys):
     """The second run goes into a copy of the first one's out_dir: a finished run's
     checkpoint is not resumed, training starts again and ends identically."""

@@ -33,6 +33,7 @@ from lightcnn.training.backend import (
     prepare_process,
     synchronize_batch_norm,
 )
+from lightcnn.training.batchnorm import UnbiasedBatchNormStatistics
 from lightcnn.training.callbacks import EpochRecorder
 from lightcnn.training.checkpoint import Checkpoint, fingerprint, identity_changes, run_identity, write_outputs
 from lightcnn.training.config import TrainConfig
@@ -230,10 +231,12 @@ def train_model(
                   "so that the resumed run sees the batches an uninterrupted run would.")
     if resumed_from_epoch < config.epochs:
         recorder = EpochRecorder(out_dir, checkpoint, state, on_epoch_start=on_epoch_start)
+        # A resumed run's checkpoint holds statistics corrected in its first epoch already.
+        batch_norm = UnbiasedBatchNormStatistics(fresh_start=resumed_from_epoch == 0)
         with placement.scope():
             model.fit(train_stream, validation_data=validation, epochs=config.epochs,
                       initial_epoch=resumed_from_epoch, steps_per_epoch=steps_per_epoch,
-                      callbacks=[recorder, *callbacks], verbose=verbose,
+                      callbacks=[recorder, batch_norm, *callbacks], verbose=verbose,
                       shuffle=False)  # the data shuffle themselves
     checkpoint.mark_finished()
 
