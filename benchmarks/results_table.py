@@ -91,13 +91,15 @@ def record(args: argparse.Namespace) -> None:
 
 
 def record_latency(args: argparse.Namespace) -> None:
-    command = json.loads((args.source / latency_record.LATENCY_FILE).read_text()).get("context", {}).get("command") \
-        if (args.source / latency_record.LATENCY_FILE).is_file() else None
-    record = {"name": args.name, "what": args.what, "command": args.command or command or "",
+    source = args.source / latency_record.LATENCY_FILE
+    command = args.command
+    if command is None and source.is_file():
+        command = json.loads(source.read_text()).get("context", {}).get("command")
+    if not command and source.is_file():
+        raise SystemExit(f"{source} names no command (written before bench_latency.py recorded it): pass --command")
+    record = {"name": args.name, "what": args.what, "command": command or "",
               "git_commit": args.git_commit or _git_commit(PROJECT_ROOT),
               "date": args.date or datetime.date.today().isoformat()}
-    if not record["command"]:
-        raise SystemExit(f"{args.source / latency_record.LATENCY_FILE} names no command: pass --command")
     folder = latency_record.record_latency(args.latency_dir, args.source, record)
     print(f"recorded {folder}; now run `python benchmarks/results_table.py` and commit both")
 

@@ -138,6 +138,12 @@ def test_record_latency_command_then_the_readme_check(tmp_path):
                                 "command": "python benchmarks/bench_latency.py --levers --keras-dir kdir"}
     again = script(*common, "record-latency", "--name", "first", "--what", "x", "--from", str(bench))
     assert again.returncode == 2 and "exists already" in again.stderr
+    unnamed = json.loads((bench / "latency.json").read_text())
+    del unnamed["context"]["command"]
+    (bench / "latency.json").write_text(json.dumps(unnamed))
+    refused = script(*common, "record-latency", "--name", "second", "--what", "x", "--from", str(bench))
+    assert refused.returncode != 0 and "pass --command" in refused.stderr
+    assert not (tmp_path / "latency" / "second").exists()
 
     assert script(*common, "--check").returncode == 1
     assert script(*common).returncode == 0
