@@ -2,7 +2,7 @@
 
 Converts each model (lightcnn.export.convert_variants: float32, float16, int8), times every
 model and variant at each thread count with lightcnn.latency.interleaved_latency, profiles
-each variant op by op (lightcnn.profiling.op_profile), and with --levers also times the
+each variant op by op at each thread count (lightcnn.profiling.op_profile), and with --levers also times the
 int8 recipes tried on the way to the default (uint8 edges, the fused hard-swish, no
 stochastic-depth fold, per-tensor weights) and float32 without the fold, all in the same
 interleaved run so that their ratios are fair.
@@ -115,7 +115,7 @@ def main() -> None:
     from lightcnn import io
     from lightcnn.export import VARIANTS, TFLiteModel, convert_variants, evaluate_tflite, write_tflite
     from lightcnn.latency import interleaved_latency, latency_markdown, levers_markdown, load_average
-    from lightcnn.profiling import op_profile, profile_markdown
+    from lightcnn.profiling import op_profile, profile_markdown, profiles_summary_markdown
     from tests.helpers_real_data import load_cifar10_sample
 
     started = time.time()
@@ -172,16 +172,20 @@ def main() -> None:
 
     print("\n".join(markdown), flush=True)
 
-    profiles, profile_lines = {}, ["# Op profiles (1 thread)", ""]
-    for (name, variant), path in files.items():  # the levers too: where their time goes is the point
-        profile = op_profile(path, threads=1)
-        profiles[f"{name}/{variant}"] = profile
-        profile_lines.append(profile_markdown(profile, f"{name} {variant}"))
+    # Every variant (the levers too: where their time goes is the point) at every thread count:
+    # side by side they show what a second thread buys each op.
+    profiles, sections = {}, []
+    for (name, variant), path in files.items():
+        for count in args.threads:
+            profile = op_profile(path, threads=count)
+            profiles[(name, variant, count)] = profile
+            sections.append(profile_markdown(profile, f"{name} {variant}, {count} thread{'s' if count > 1 else ''}"))
     print(f"profiled ({time.time() - started:.0f} s)", flush=True)
-
+    profile_lines = ["# Op profiles", "", profiles_summary_markdown(profiles), *sections]
     print("\n".join(profile_lines))
     # latency.json last: record-latency copies the Markdown files beside it, which must be this run's.
-    io.write_json(args.out / "op_profiles.json", profiles)
+    io.write_json(args.out / "op_profiles.json", {f"{name}/{variant}/{count}": profile
+                                                  for (name, variant, count), profile in profiles.items()})
     io.write_text(args.out / "op_profiles.md", "\n".join(profile_lines))
     io.write_text(args.out / "latency.md", "\n".join(markdown))
     io.write_json(args.out / "latency.json", measurement)

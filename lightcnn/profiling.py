@@ -269,3 +269,20 @@ def profile_markdown(profile: dict, title: str = "", top: int = 12) -> str:
     if len(profile["by_op"]) > top:
         lines.append(f"| ({len(profile['by_op']) - top} more op types) | | | | | |")
     return "\n".join(line for line in lines if line is not None) + "\n"
+
+
+def profiles_summary_markdown(profiles: dict[tuple[str, str, int], dict]) -> str:
+    """One table over several op_profile results, keyed (model, variant, threads): op count,
+    placement, whole-graph time, the sum of the ops timed alone and the median op's time.
+    Beside each other, the thread counts show what a second thread buys each op."""
+    lines = ["| model | variant | threads | ops | in XNNPACK | partitions | whole graph (ms) | "
+             "sum of ops alone (ms) | median op (us) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for (model, variant, threads), profile in profiles.items():
+        ops = profile["ops"]
+        timed = [op["median_us"] for op in ops if op["median_us"] is not None]
+        median_op = f"{float(np.median(timed)):.1f}" if timed else "n/a"
+        lines.append(f"| {model} | {variant} | {threads} | {len(ops)} | {sum(op['delegated'] for op in ops)} | "
+                     f"{profile['partitions']} | {profile['whole_graph']['median_ms']:.3f} | "
+                     f"{profile['sum_of_ops_ms']:.3f} | {median_op} |")
+    return "\n".join(lines) + "\n"

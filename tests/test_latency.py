@@ -17,7 +17,7 @@ from lightcnn.latency import (
     latency_markdown,
     summarise,
 )
-from lightcnn.profiling import op_profile, placement, profile_markdown
+from lightcnn.profiling import op_profile, placement, profile_markdown, profiles_summary_markdown
 
 
 def _hard_swish_classifier(width: int) -> keras.Model:
@@ -159,6 +159,19 @@ def test_profile_of_float16_leaves_weight_dequantize_untimed_and_times_the_rest(
     timed = [op for op in profile["ops"] if op["op"] != "DEQUANTIZE"]
     assert {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"} <= {op["op"] for op in timed}
     assert all(op["median_us"] > 0 and op["delegated"] for op in timed)
+
+
+def test_profiles_summary_puts_each_variant_and_thread_count_on_one_row(tiny_files):
+    profiles = {("wide", variant, threads): op_profile(tiny_files[("wide", variant)], threads=threads, rounds=2,
+                                                      runs_per_round=1, warmup=0)
+                for variant in ("float32", "int8") for threads in (1, 2)}
+
+    rows = [line for line in profiles_summary_markdown(profiles).splitlines() if line.startswith("| wide |")]
+    assert [row.split(" | ")[1:3] for row in rows] == [["float32", "1"], ["float32", "2"], ["int8", "1"], ["int8", "2"]]
+    for row, profile in zip(rows, profiles.values()):
+        cells = row.split(" | ")
+        assert int(cells[3]) == len(profile["ops"]) and int(cells[4]) == len(profile["ops"])  # all in XNNPACK
+        assert cells[5] == "1" and float(cells[6]) == pytest.approx(profile["whole_graph"]["median_ms"], abs=5e-4)
 
 
 def test_profile_rejects_what_is_not_a_tflite_model(tmp_path):
