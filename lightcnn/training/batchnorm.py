@@ -6,7 +6,7 @@ momentum**t. The study's kernels are small (random-uniform ±0.05), so the true 
 are far below 1 (about 1e-3 after the stem): the moving variance of a fresh run sits
 hundreds of times too high for about 700 steps, inference-mode activations shrink layer
 after layer, and the model predicts one class for every image. With 125 steps per epoch
-that showed as exactly 10% validation accuracy for the first four or five epochs while the
+that showed as exactly 10% validation accuracy for the first three or four epochs while the
 weights had learnt: mobilenetv3_large after 2 epochs (250 steps) predicted one class for all
 of 500 CIFAR-10 test images (10%), and 32% once its statistics were recomputed from 500
 training images; its stem's moving variance was 0.08 (0.99**250 = 0.081 of it the initial
