@@ -285,7 +285,7 @@ def test_batch_norm_statistics_carry_no_weight_of_their_initial_values(uninterru
     model = load_model(out_dir / "best.keras")
     images = cifar10_images("train", TRAIN_PER_CLASS)[0].astype(np.float32) / 255.0
     stem = model.get_layer("stem_conv_bn")
-    stem_output = keras.ops.convert_to_numpy(keras.Model(model.inputs, stem.input)(images))
+    stem_output = keras.ops.convert_to_numpy(keras.Model(model.input, stem.input)(images))
     true_variance = stem_output.var(axis=(0, 1, 2))
     moving_variance = keras.ops.convert_to_numpy(stem.moving_variance)
     assert float(np.max(true_variance)) < 0.05  # the premise: far below the initial 1.0
