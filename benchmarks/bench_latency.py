@@ -2,10 +2,10 @@
 
 Converts each model (lightcnn.export.convert_variants: float32, float16, int8), times every
 model and variant at each thread count with lightcnn.latency.interleaved_latency, profiles
-each variant op by op at each thread count (lightcnn.profiling.op_profile), and with --levers also times the
-int8 recipes tried on the way to the default (uint8 edges, the fused hard-swish, no
-stochastic-depth fold, per-tensor weights) and float32 without the fold, all in the same
-interleaved run so that their ratios are fair.
+each variant op by op at each thread count (lightcnn.profiling.op_profile), and with
+--levers also times the int8 recipes tried on the way to the default (uint8 edges, the
+fused hard-swish, no stochastic-depth fold, per-tensor weights) and float32 without the
+fold, all in the same interleaved run so that their ratios are fair.
 
     python benchmarks/bench_latency.py [--keras-dir DIR] [--threads 1 2] [--rounds 40]
         [--runs-per-round 10] [--models ...] [--levers [--lever-models ...]] [--accuracy-images 2000]
@@ -41,7 +41,6 @@ RESULTS_DIR = PROJECT_ROOT / "benchmarks" / "results"
 DEFAULT_ARCHIVE = Path(os.environ.get("LIGHTCNN_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data")) \
     / "cifar10-jpeg.tar.gz"
 MODELS = ("mobilenetv3_large", "mobilenetv3_small", "our_large", "our_small")  # lightcnn.models.MODEL_NAMES
-PAIRS = {"our_large": "mobilenetv3_large", "our_small": "mobilenetv3_small"}
 
 
 def int8_levers():
@@ -114,7 +113,8 @@ def main() -> None:
 
     from lightcnn import io
     from lightcnn.export import VARIANTS, TFLiteModel, convert_variants, evaluate_tflite, write_tflite
-    from lightcnn.latency import interleaved_latency, latency_markdown, levers_markdown, load_average
+    from lightcnn.latency import COMPARED_PAIRS, interleaved_latency, latency_markdown, levers_markdown, load_average
+    from lightcnn.latency_record import main_results
     from lightcnn.profiling import op_profile, profile_markdown, profiles_summary_markdown
     from tests.helpers_real_data import load_cifar10_sample
 
@@ -162,9 +162,7 @@ def main() -> None:
     measurement["context"]["models"] = {name: source for name, (_, _, source) in models.items()}
     print(f"timed ({time.time() - started:.0f} s)", flush=True)
 
-    main_results = {"context": measurement["context"],
-                    "results": [r for r in measurement["results"] if r["variant"] in VARIANTS]}
-    markdown = ["# LiteRT latency, interleaved", "", latency_markdown(main_results, PAIRS)]
+    markdown = ["# LiteRT latency, interleaved", "", latency_markdown(main_results(measurement), COMPARED_PAIRS)]
     if levers:
         markdown += ["## int8 levers (same run)", "", levers_markdown(measurement)]
     if accuracy:

@@ -91,13 +91,7 @@ def record(args: argparse.Namespace) -> None:
 
 
 def record_latency(args: argparse.Namespace) -> None:
-    source = args.source / latency_record.LATENCY_FILE
-    command = args.command
-    if command is None and source.is_file():
-        command = json.loads(source.read_text()).get("context", {}).get("command")
-    if not command and source.is_file():
-        raise SystemExit(f"{source} names no command (written before bench_latency.py recorded it): pass --command")
-    record = {"name": args.name, "what": args.what, "command": command or "",
+    record = {"name": args.name, "what": args.what, "command": args.command,
               "git_commit": args.git_commit or _git_commit(PROJECT_ROOT),
               "date": args.date or datetime.date.today().isoformat()}
     folder = latency_record.record_latency(args.latency_dir, args.source, record)

@@ -31,6 +31,8 @@ VECTOR_EXTENSIONS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "av
                      "i8mm", "sve")
 
 BOOTSTRAP_RESAMPLES = 1000
+# The study's comparisons: each of our models against its MobileNetV3 counterpart.
+COMPARED_PAIRS = {"our_large": "mobilenetv3_large", "our_small": "mobilenetv3_small"}
 
 
 def cpu_info() -> dict:

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from lightcnn import io
-from lightcnn.latency import latency_markdown, levers_markdown
+from lightcnn.export import VARIANTS as MAIN_VARIANTS
+from lightcnn.latency import COMPARED_PAIRS, latency_markdown, levers_markdown
 
 LATENCY_FILE = "latency.json"
 COPIED_FILES = ("latency.md", "op_profiles.md")  # beside latency.json when the benchmark wrote them
@@ -28,8 +29,6 @@ LATENCY_BEGIN_MARK = "<!-- latency-table:begin -->"
 LATENCY_END_MARK = "<!-- latency-table:end -->"
 LEVERS_BEGIN_MARK = "<!-- int8-levers-table:begin -->"
 LEVERS_END_MARK = "<!-- int8-levers-table:end -->"
-MAIN_VARIANTS = ("float32", "float16", "int8")  # lightcnn.export.VARIANTS, without importing it
-PAIRS = {"our_large": "mobilenetv3_large", "our_small": "mobilenetv3_small"}
 CONTEXT_FIELDS = ("cpu", "logical_cores", "vector_extensions", "litert_version", "rounds", "runs_per_round",
                   "warmup", "threads", "load_average_before", "load_average_after", "started_at")
 RESULT_FIELDS = ("model", "variant", "threads", "median_ms", "p90_ms", "ci95_low_ms", "ci95_high_ms")
@@ -97,7 +96,8 @@ def latest_latency(latency_dir: str | os.PathLike) -> dict | None:
 
 def record_latency(latency_dir: str | os.PathLike, source_dir: str | os.PathLike, record: dict) -> Path:
     """Copy bench_latency.py's output in source_dir into latency_dir/<record["name"]>/ with `record`
-    (RECORD_FIELDS) added to its latency.json. Complete or not at all; never overwrites."""
+    (RECORD_FIELDS; a missing command is taken from the measurement) added to its latency.json.
+    Complete or not at all; never overwrites."""
     latency_dir, source_dir = Path(latency_dir), Path(source_dir)
     name = record.get("name") or ""
     if not name or "/" in name or name.startswith("."):
@@ -110,6 +110,10 @@ def record_latency(latency_dir: str | os.PathLike, source_dir: str | os.PathLike
         raise FileNotFoundError(f"{source} not found: run `python benchmarks/bench_latency.py` first "
                                 "(or pass --from the folder it wrote)")
     measurement = check_measurement(json.loads(source.read_text()), source_dir, recorded=False)
+    # The command: as given, else the one bench_latency.py wrote into the measurement.
+    record = {**record, "command": record.get("command") or measurement["context"].get("command")}
+    if not record["command"]:
+        raise ValueError(f"{source} names no command (written before bench_latency.py recorded it): pass --command")
     latency_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=latency_dir))
     try:
@@ -124,6 +128,11 @@ def record_latency(latency_dir: str | os.PathLike, source_dir: str | os.PathLike
         return target
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def main_results(measurement: dict) -> dict:
+    """The measurement restricted to the exported variants (float32, float16, int8), without levers."""
+    return {**measurement, "results": [r for r in measurement["results"] if r["variant"] in MAIN_VARIANTS]}
 
 
 def _models_line(measurement: dict) -> str:
@@ -142,15 +151,14 @@ def render_latency_section(measurement: dict | None, latency_dir: str = "docs/la
         return (f"No latency measurement recorded yet in `{latency_dir}/`: run `python benchmarks/bench_latency.py`, "
                 "then `python benchmarks/results_table.py record-latency --name ... --what ...`.\n")
     record = measurement["record"]
-    main = {"context": measurement["context"],
-            "results": [r for r in measurement["results"] if r["variant"] in MAIN_VARIANTS]}
     header = [f"Measurement `{record['name']}` ({record['date']}, commit {record['git_commit'][:7]}; "
               f"files in `{latency_dir}/{record['name']}/`, op profiles in its `op_profiles.md`): "
               f"{record['what']}. Command: `{record['command']}`.", ""]
     models = _models_line(measurement)
     if models:
         header += [models, ""]
-    return "\n".join(header) + "\n" + latency_markdown(main, PAIRS if pairs is None else pairs)
+    return "\n".join(header) + "\n" + latency_markdown(main_results(measurement),
+                                                       COMPARED_PAIRS if pairs is None else pairs)
 
 
 def render_levers_section(measurement: dict | None) -> str:
