@@ -87,6 +87,21 @@ def test_trained_float32_agrees_exactly_with_keras(trained_small_model):
     assert keras_top1 > 0.15, "the briefly trained model should beat chance (0.10)"
 
 
+def test_every_variant_carries_the_serving_signature(trained_small_model):
+    """As a SavedModel conversion would: LiteRT's signature runners (Android's included) find
+    the model by "serving_default", its input "images" and output "output_0"."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    image = trained_small_model["test_images"][:1]
+    for variant, tflite_bytes in trained_small_model["variants"].items():
+        interpreter = Interpreter(model_content=tflite_bytes)
+        assert interpreter.get_signature_list() == {
+            "serving_default": {"inputs": ["images"], "outputs": ["output_0"]}}, variant
+        model = TFLiteModel(tflite_bytes)
+        raw = interpreter.get_signature_runner("serving_default")(images=model._to_input(image[0]))["output_0"]
+        np.testing.assert_array_equal(model._from_output(raw), model.predict(image), err_msg=variant)
+
+
 def test_float16_tflite_is_within_1e_2_of_keras_and_half_the_size(trained_small_model):
     variants = trained_small_model["variants"]
     tflite = TFLiteModel(variants["float16"])

@@ -56,6 +56,9 @@ def test_eval_batches_are_the_records_in_file_order(processed):
     assert [b[0].shape[0] for b in dataset.as_numpy_iterator()] == [5, 5, 2]
     assert [b[0].shape[0] for b in make_dataset(processed, "test", 5, training=False, drop_remainder=True)
             .as_numpy_iterator()] == [5, 5]
+    with pytest.raises(DataError, match="the test split has 12 images, fewer than one batch of 13: lower the batch "
+                                        r"size \(train.batch_size\)"):
+        make_dataset(processed, "test", 13, training=False, drop_remainder=True)
 
 
 def test_training_without_augmentation_reshuffles_the_same_images_each_epoch(processed):

@@ -185,6 +185,9 @@ def test_one_complete_mlflow_run_per_model_and_seed(project):
     logged = mlflow.search_logged_models(experiment_ids=[experiment.experiment_id],
                                          filter_string=f"source_run_id = '{r.info.run_id}'", output_format="list")
     assert len(logged) == 1
+    signature = mlflow.models.get_model_info(f"models:/{logged[0].model_id}").signature.to_dict()
+    assert (json.loads(signature["inputs"])[0]["tensor-spec"], json.loads(signature["outputs"])[0]["tensor-spec"]) == (
+        {"dtype": "float32", "shape": [-1, 32, 32, 3]}, {"dtype": "float32", "shape": [-1, 10]})
     artifacts = {a.path for a in client.list_artifacts(r.info.run_id, "tflite")}
     assert {"tflite/float32.tflite", "tflite/float16.tflite", "tflite/int8.tflite"} <= artifacts
     assert {a.path for a in client.list_artifacts(r.info.run_id, "evaluation")} >= {"evaluation/gradcam.png"}

@@ -112,7 +112,8 @@ def make_dataset(
     training=True: shuffled (seeded, a new order each pass) and, with `augment`, randomly
     shifted by up to `shift_fraction` of the height and width (whole pixels, edge pixels
     repeated as Keras ImageDataGenerator's fill_mode="nearest") and flipped left-right
-    (`flip`). training=False: records in file order, unchanged.
+    (`flip`). training=False: records in file order, unchanged. drop_remainder: full batches
+    only (a split smaller than one batch is refused).
 
     The split's shards are first checked against the manifest's sha256 checksums
     (`verify_shards`; once per process unless a shard changes), so damaged data never
@@ -132,6 +133,9 @@ def make_dataset(
     height, width = manifest["image_size"]
     num_classes = manifest["num_classes"]
     num_examples = manifest["splits"][split]["num_examples"]
+    if drop_remainder and num_examples < batch_size:
+        raise DataError(f"the {split} split has {num_examples} images, fewer than one batch of {batch_size}: "
+                        "lower the batch size (train.batch_size) or use more images (data.max_per_class)")
 
     dataset = tf.data.TFRecordDataset(files)
     dataset = dataset.map(lambda record: parse_example(record, (height, width)),
