@@ -68,12 +68,8 @@ def main(params: StageParams, model: str, seed: int) -> None:
     verify_shards(PROCESSED_DIR)  # a damaged shard fails here, before an MLflow run is opened
     paths = ModelPaths(model, seed)
     seed_everything(config)  # before the datasets: their seeded shuffles mix in TF's global seed
-    # Full batches only, as the in-memory path trains: one traced step shape (a last, smaller
-    # batch would trace and compile the step a second time); each epoch's new shuffle leaves
-    # out other images. A train split smaller than one batch stops here, before any run opens.
     train_ds = make_dataset(PROCESSED_DIR, "train", config.batch_size, training=True, seed=config.seed,
-                            augment=config.augment, shift_fraction=config.shift_fraction, flip=config.flip,
-                            drop_remainder=True)
+                            augment=config.augment, shift_fraction=config.shift_fraction, flip=config.flip)
     val_ds = make_dataset(PROCESSED_DIR, "val", config.batch_size, training=False)
     input_shape = (*manifest["image_size"], 3)
     if not is_primary_process():
