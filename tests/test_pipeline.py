@@ -47,16 +47,18 @@ def project(tmp_path_factory, shared_data):
     root.mkdir(parents=True)
     audit = root.parent / "params-audit.jsonl"
     server = MlflowServer(root.parent / "mlflow.db", root.parent, dict(os.environ)).start()
-    env = make_project(root, models=[MODEL], seeds=[SEED], extra_env={
-        "LIGHTCNN_PARAMS_AUDIT": str(audit), "MLFLOW_TRACKING_URI": server.uri,
-        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"})
-    server.env = env
-    run(["dvc", "repro"], root, env)
-    trained_in = [r.info.run_id for r in all_runs(server)]
-    assert len(trained_in) == 1, trained_in
-    first_train_json = (metrics_dir(root) / "train.json").read_text()
-    yield root, env, server, trained_in[0], first_train_json
-    server.stop()
+    try:  # the server is stopped even when the first repro fails
+        env = make_project(root, models=[MODEL], seeds=[SEED], extra_env={
+            "LIGHTCNN_PARAMS_AUDIT": str(audit), "MLFLOW_TRACKING_URI": server.uri,
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"})
+        server.env = env
+        run(["dvc", "repro"], root, env)
+        trained_in = [r.info.run_id for r in all_runs(server)]
+        assert len(trained_in) == 1, trained_in
+        first_train_json = (metrics_dir(root) / "train.json").read_text()
+        yield root, env, server, trained_in[0], first_train_json
+    finally:
+        server.stop()
 
 
 # ----------------------------------------------------------------------------- MLflow helpers
