@@ -110,6 +110,55 @@ def test_cifar100_official_archive_keeps_fine_labels_and_records_coarse_ones(tmp
         np.testing.assert_array_equal(image, expected[path][0])
 
 
+@pytest.mark.parametrize("layout", ["class-folder-archive", "cifar-python"])
+def test_an_unchanged_local_archive_is_kept_and_any_change_fetches_again(tmp_path, capsys, layout):
+    """fetch runs on every `dvc repro` (dvc.yaml keeps data/raw while it runs): the raw folder
+    is kept when both the source and the raw folder hold what a fetch would write, checked by
+    content; a change to either, or a stray file, fetches again."""
+    raw = tmp_path / "raw"
+    if layout == "cifar-python":
+        archive, dataset = tmp_path / "cifar-10-python.tar.gz", "cifar10"
+
+        def build(seed: int) -> None:
+            build_cifar10_archive(archive, per_class_per_batch=1, test_per_class=1, seed=seed)
+    else:
+        archive, dataset = tmp_path / "source.tar.gz", "folder"
+
+        def build(seed: int) -> None:
+            tree = tmp_path / f"tree-{seed}"
+            build_class_tree(tree, {"a": 2, "b": 2}, test_per_class=1, seed=seed)
+            with tarfile.open(archive, "w:gz") as tar:
+                for split in ("train", "test"):
+                    tar.add(tree / split, arcname=split)
+
+    def fetch() -> tuple[dict, str]:
+        capsys.readouterr()
+        info = fetch_dataset(dataset, raw, source=archive, md5=md5_of(archive), **QUIET)
+        return info, capsys.readouterr().out
+
+    build(0)
+    first, _ = fetch()
+    kept = raw / (first.get("archive") or first.get("folder"))
+    files = sorted(p for p in kept.rglob("*") if p.is_file()) if kept.is_dir() else [kept]
+    inodes = [f.stat().st_ino for f in files]
+    again, printed = fetch()
+    assert "kept as it is" in printed and again == first
+    assert [f.stat().st_ino for f in files] == inodes  # not copied again
+
+    with open(files[-1], "ab") as file:  # the raw folder changed in place
+        file.write(b"x")
+    repaired, printed = fetch()
+    assert "kept as it is" not in printed and repaired == first
+    assert fetch()[1].count("kept as it is") == 1
+
+    (raw / "stray.txt").write_text("not from the source")
+    assert "kept as it is" not in fetch()[1] and not (raw / "stray.txt").exists()
+
+    build(1)  # the source replaced in place
+    changed, printed = fetch()
+    assert "kept as it is" not in printed and changed["md5"] == md5_of(archive) != first["md5"]
+
+
 def test_local_official_archive_with_wrong_md5_is_never_unpacked(tmp_path):
     archive = tmp_path / "cifar-10-python.tar.gz"
     build_cifar10_archive(archive, per_class_per_batch=1, test_per_class=1)
