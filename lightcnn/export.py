@@ -1,7 +1,7 @@
 """Export Keras models to TFLite (float32, float16, int8) and run them in LiteRT.
 
-`convert_variants` makes several variants from one export (as the pipeline's export stage
-needs); `convert` makes one.
+`convert_variants` makes several variants at once (as the pipeline's export stage needs);
+`convert` makes one.
 
 Conversion route (Keras 3 + TF 2.21): the model's inference call is traced once as a
 `tf.function` with a fixed batch-1 input and converted with
@@ -11,11 +11,11 @@ file as the SignatureDef a SavedModel conversion would carry. A fixed batch of 1
 single-image latency and phone benchmarks measure, and it gives LiteRT static shapes throughout.
 Measured on our_small (AMD EPYC, 2 cores): the same operators and bit-identical outputs as the
 SavedModel route (`model.export(format="tf_saved_model")` + `from_saved_model`) for float32
-and int8, in 2 to 2.5 s per variant instead of 23 s for float32 + int8, which spent most of
+and int8, in 2 to 2.5 s per variant instead of 23 to 25 s for float32 + int8, which spent most of
 it writing the SavedModel and reading it back once per converter. TensorFlow calls this route
 deprecated (it logs so; the message is filtered here) in favour of passing the model as
 `trackable_obj`, which keeps the weights as resource variables: the int8 calibrator cannot
-read those (READ_VARIABLE fails) and float files come out without weights. TensorFlow is
+read those (READ_VARIABLE fails) and float files gave NaN outputs (measured). TensorFlow is
 pinned below 2.22; the tests convert every model and compare it with Keras.
 
 Before conversion the model is made lean (`lean_inference_model`, on a clone; the model

@@ -193,8 +193,8 @@ def _kept_fetch(raw_dir: Path, dataset: str, resolved: ResolvedSource, source_md
     Checked by content, so that a source or a raw folder changed in place is fetched again: the
     source's MD5 and sha256 against the recorded ones, and what raw_dir holds (the archive copy's
     MD5, or the unpacked CIFAR pickles' sha256) with nothing else beside it. Fetching a
-    60,000-image archive again costs listing every member (about 5 s of a 7 s stage); this
-    check hashes the archive (about 0.1 s for CIFAR-10's JPEGs).
+    60,000-image archive again lists every member: the stage took 4.4 s on CIFAR-10's JPEGs,
+    1.6 s when this check keeps data/raw (AMD EPYC, 2 cores).
     """
     if md5 is not None and md5.lower() != source_md5:
         return None  # the full fetch reports the mismatch
