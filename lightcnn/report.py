@@ -35,7 +35,7 @@ num_classes and test.top1 are required, anything else missing shows as "-":
   "num_classes": 10,
   "test": {"top1": 0.85, "top5": 0.99, "loss": 0.61},   # Keras model on the test split
   "params": 923137,                          # model.count_params()
-  "macs": 11830000,                          # lightcnn.benchmark.count_macs(model)
+  "macs": 11830000,                          # lightcnn.models.count_macs(model)
   "train_seconds": 5400.0, "epochs": 150,
   "tflite": {                                # per variant: lightcnn.export.evaluate_tflite(...)
     "float32": {"size_bytes": 3600000, "top1": 0.85, "agreement": 1.0, "max_abs_diff": 1e-6},

@@ -10,7 +10,7 @@ from lightcnn import io
 from lightcnn.data import load_manifest, make_dataset
 from lightcnn.evaluation import confusion_matrix_rows, evaluate_model, save_confusion_matrix_png
 from lightcnn.gradcam import save_gradcam_grid
-from lightcnn.models import load_model
+from lightcnn.models import count_macs, load_model
 from pipeline.common import stage
 from pipeline.common.params import StageParams
 from pipeline.common.paths import PROCESSED_DIR, ModelPaths
@@ -40,7 +40,7 @@ def main(params: StageParams, model_name: str, seed: int) -> None:
     result = evaluate_model(model, test_ds, class_names)
 
     metrics = {"top1": result["top1"], "top5": result["top5"], "loss": result["loss"],
-               "num_examples": result["num_examples"], "params": model.count_params(),
+               "num_examples": result["num_examples"], "params": model.count_params(), "macs": count_macs(model),
                "trainable_params": sum(int(np.prod(w.shape)) for w in model.trainable_weights)}
     io.write_json(paths.eval_metrics, metrics)
     io.write_json(paths.extras / "per_class_accuracy.json", result["per_class_accuracy"])

@@ -35,13 +35,15 @@ def main(params: StageParams, model: str, seed: int) -> None:
         run.log_artifacts([paths.history])
     if "train_best_val_accuracy" not in metric_keys:
         run.log_metrics({f"train_{k}": v for k, v in train.items() if k not in ("config", "seed")})
-    run.log_metrics({f"test_{k}": v for k, v in _read(paths.eval_metrics).items()})
+    evaluation = _read(paths.eval_metrics)
+    run.log_metrics({"macs": evaluation.get("macs"),
+                     **{f"test_{k}": v for k, v in evaluation.items() if k != "macs"}})
     run.log_metrics(tracking.flatten("tflite", _read(paths.tflite_metrics)))
     latency = _read(paths.latency_metrics)
-    run.log_metrics({"macs": latency.get("macs"), **{
+    run.log_metrics({
         f"latency.{variant}.threads{threads}.{stat}": result[stat]
         for variant in VARIANTS for threads, result in latency.get(variant, {}).items()
-        for stat in ("median_ms", "p90_ms")}})
+        for stat in ("median_ms", "p90_ms")})
     if latency.get("cpu"):
         run.set_tags({"benchmark_cpu": str(latency["cpu"].get("model_name", latency["cpu"]))})
     run.log_artifacts([paths.extras / "confusion.png", paths.extras / "gradcam.png",

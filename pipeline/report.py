@@ -38,7 +38,7 @@ def model_metrics(model: str, seed: int, dataset: str, num_classes: int, measure
     return {
         "model": model, "seed": seed, "dataset": dataset, "num_classes": num_classes,
         "test": {k: evaluation[k] for k in ("top1", "top5", "loss")},
-        "params": evaluation["params"], "macs": latency["macs"],
+        "params": evaluation["params"], "macs": evaluation["macs"],
         "train_seconds": train["train_seconds"], "epochs": train["epochs_run"],
         "config": train.get("config", {}),
         "tflite": {v: tflite[v] for v in ("float32", "float16", "int8")},

@@ -28,6 +28,7 @@ from lightcnn.training.config import Attention, ModelMode
 from tests.checkpoint_files import checkpoint_arrays
 from tests.conftest import CIFAR10_JPEG, PROJECT_ROOT
 from tests.jax_processes import jax_cache, jax_environment  # noqa: F401  (jax_cache: a fixture)
+from tests.tiny_model import TINY_NAME, TINY_SPEC
 
 BLOCK_TENSORFLOW = '''
 import sys
@@ -179,7 +180,8 @@ def test_training_batches_depend_on_seed_and_epoch_only():
 def test_tensorflow_backend_trains_from_arrays(tmp_path, shared_data):
     data = load_image_arrays(CIFAR10_JPEG, max_per_class=5)  # 40 train images: 2 steps of 16; 10 val
     config = resolve_config("default", epochs=1, batch_size=16, warmup_epochs=0.5, precision="mixed_bfloat16")
-    summary = train_model("our_small", 10, (32, 32, 3), data["train"], data["val"], config, tmp_path, verbose=0)
+    summary = train_model(TINY_NAME, 10, (32, 32, 3), data["train"], data["val"], config, tmp_path, verbose=0,
+                          spec=TINY_SPEC)
     assert summary["epochs_run"] == 1 and summary["images_per_second"] > 0
     assert set(summary["seconds_per_epoch"]) == {"train_steps", "validation", "writes"}
     best = keras.models.load_model(tmp_path / "best.keras")
@@ -198,6 +200,7 @@ config = resolve_config("default", epochs=2, batch_size=20, warmup_epochs=0.5, s
 select_backend(config.backend)
 from lightcnn.data.arrays import load_image_arrays
 from lightcnn.training import train_model
+from tests.tiny_model import TINY_NAME, TINY_SPEC
 data = load_image_arrays({archive!r}, max_per_class=5)   # 40 train (2 steps of 20), 10 val
 
 class KillAfterFirstEpoch(keras.callbacks.Callback):
@@ -206,8 +209,8 @@ class KillAfterFirstEpoch(keras.callbacks.Callback):
         os.kill(os.getpid(), signal.SIGKILL)
 
 callbacks = [KillAfterFirstEpoch()] if {die!r} else []
-summary = train_model("our_small", 10, (32, 32, 3), data["train"], data["val"], config, {out_dir!r},
-                      callbacks=callbacks, verbose=0)
+summary = train_model(TINY_NAME, 10, (32, 32, 3), data["train"], data["val"], config, {out_dir!r},
+                      callbacks=callbacks, verbose=0, spec=TINY_SPEC)
 print("SUMMARY", summary["resumed_from_epoch"], summary["epochs_run"], "tensorflow" in sys.modules)
 """
 
@@ -230,7 +233,8 @@ def test_jax_training_without_tensorflow_is_deterministic_and_resumes_exactly(tm
 
     Two epochs of two steps are enough for both claims: epoch 2 starts from restored weights,
     optimizer state, schedule step and random states, and its 2 steps show whether all of them
-    were restored. The killed run goes first; the uninterrupted and the resumed one then run side
+    were restored. The network is tests/tiny_model.py's (the claim is the training code's).
+    The killed run goes first; the uninterrupted and the resumed one then run side
     by side. The processes share the session's JAX compilation cache (tests/jax_processes.py),
     so the later two skip most of XLA's compiling: a cached executable is exactly the one the
     process would have compiled, so the comparison is the same with a cold or a warm cache."""

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from keras import layers
 
-from lightcnn.benchmark import count_macs, cpu_info, latency
+from lightcnn.benchmark import cpu_info, latency
+from lightcnn.models import count_macs
 from lightcnn.export import VARIANTS, convert
 
 

@@ -11,7 +11,8 @@ these models, with small random-uniform kernels and BatchNorm, amplify rounding
 differences (seen on both engines; Adam also turns the noise of gradients that are nearly 0,
 such as conv biases ahead of BatchNorm, into full-size steps), so longer runs are compared
 by their losses, not their weights. Dropout and stochastic depth are off: TensorFlow
-replicas draw their own masks.
+replicas draw their own masks. The network is tests/tiny_model.py's: the claim is about the
+training code, whatever the blocks are stacked into.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ select_backend(backend)
 {setup}
 from lightcnn.data.arrays import load_image_arrays
 from lightcnn.training import train_model
+from tests.tiny_model import TINY_NAME, TINY_SPEC
 data = load_image_arrays({archive!r}, max_per_class=3)   # 20 train images: one step of 20; 10 val
 replicas = {{}}
 for distribution in ("none", "data_parallel"):
@@ -47,8 +49,8 @@ for distribution in ("none", "data_parallel"):
                             backend=backend, distribution=distribution)
     train, val = data["train"], data["val"]
     {to_inputs}
-    summary = train_model("our_small", 10, (32, 32, 3), train, val, config, {out!r} + "/" + distribution,
-                          verbose=0)
+    summary = train_model(TINY_NAME, 10, (32, 32, 3), train, val, config, {out!r} + "/" + distribution,
+                          verbose=0, spec=TINY_SPEC)
     replicas[distribution] = summary["replicas"]
 print("REPLICAS", json.dumps(replicas))
 """
@@ -111,8 +113,10 @@ prepare_process(config)   # joins the other process (JAX_* variables) before JAX
 import jax
 from lightcnn.data.arrays import load_image_arrays
 from lightcnn.training import train_model
+from tests.tiny_model import TINY_NAME, TINY_SPEC
 data = load_image_arrays({archive!r}, max_per_class=5)   # 40 train: 2 global steps of 20 (10 per process)
-summary = train_model("our_small", 10, (32, 32, 3), data["train"], data["val"], config, {out!r}, verbose=0)
+summary = train_model(TINY_NAME, 10, (32, 32, 3), data["train"], data["val"], config, {out!r}, verbose=0,
+                      spec=TINY_SPEC)
 print("PROCESS", jax.process_index(), jax.process_count(), summary["replicas"])
 """
 

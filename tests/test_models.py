@@ -245,6 +245,21 @@ def test_no_attention_builds_and_runs():
     assert np.asarray(model(_random_images(2), training=False)).shape == (2, 10)
 
 
+def test_a_table_of_ones_own_builds_with_the_same_blocks():
+    from lightcnn.models import MODEL_SPECS
+    from tests.tiny_model import TINY_SPEC
+
+    copy = build_model("my_small", 10, spec=MODEL_SPECS["our_small"])
+    assert copy.name == "my_small" and copy.count_params() == PUBLISHED_PARAMS["our_small"][10]
+    tiny = build_model("tiny", 10, spec=TINY_SPEC)
+    assert tiny.get_layer("stage2_part1_block1_se_gate") is not None and tiny.get_layer("top_conv") is not None
+    assert tiny.count_params() < copy.count_params() / 100
+    with pytest.raises(TypeError, match="spec must be a lightcnn.models.specs.ModelSpec"):
+        build_model("tiny", 10, spec=TINY_SPEC.rows)
+    with pytest.raises(ValueError, match="name must be an identifier"):
+        build_model("my model", 10, spec=TINY_SPEC)
+
+
 # ----------------------------------------------------------------------------- bad input
 
 

@@ -13,7 +13,8 @@ from keras import layers
 from matplotlib.container import ErrorbarContainer
 from PIL import Image
 
-from lightcnn.benchmark import count_macs, latency
+from lightcnn.benchmark import latency
+from lightcnn.models import count_macs
 from lightcnn.export import TFLiteModel, convert_variants, evaluate_tflite
 from lightcnn.report import (ABOVE_STUDY, BELOW_STUDY, JSON_FILE, MD_FILE, PLOT_FILE, SINGLE_RUN, WITHIN_SPREAD,
                              accuracy_vs_latency_figure, build_comparison, build_comparison_data,

@@ -2,7 +2,8 @@
 
 `build_model(..., mode=...)` builds them "corrected" (the intended design, default) or
 "faithful" (as the study's code behaved); MODEL_MODES and ModelOptions describe the
-difference. `load_model(path)` loads a saved one (it registers the custom layers first).
+difference. `load_model(path)` loads a saved one (it registers the custom layers first);
+`count_macs(model)` counts its multiply-accumulates per image.
 
 Importing this package does not import Keras: MODEL_NAMES and the spec tables (specs.py)
 need none, and the other names load on first use, so that settings can be validated
@@ -21,7 +22,7 @@ from lightcnn.models.specs import MODEL_NAMES, MODEL_SPECS
 _LAZY = {
     "ATTENTIONS": "blocks", "ChannelPool": "blocks", "StochasticDepth": "blocks",
     "STRIDES": "builder", "build_model": "builder", "resolve_strides": "builder",
-    "MODEL_MODES": "options", "ModelOptions": "options",
+    "MODEL_MODES": "options", "ModelOptions": "options", "count_macs": "macs",
 }
 
 __all__ = ["MODEL_NAMES", "MODEL_SPECS", "load_model", *_LAZY]

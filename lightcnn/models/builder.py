@@ -9,7 +9,7 @@ from keras import layers
 from lightcnn.models import blocks
 from lightcnn.models.blocks import ATTENTIONS, CSPArgs, LayerFactory, MBArgs
 from lightcnn.models.options import ModelOptions, resolve_mode
-from lightcnn.models.specs import MODEL_NAMES, MODEL_SPECS, Row
+from lightcnn.models.specs import MODEL_NAMES, MODEL_SPECS, ModelSpec, Row
 
 STRIDES = ("cifar", "birds", "auto")
 AUTO_CIFAR_MAX_SIZE = 64  # "auto" strides: CIFAR strides up to this input height/width
@@ -33,8 +33,13 @@ def _is_positive_int(value) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool) and value > 0
 
 
-def _check_arguments(name, num_classes, input_shape, attention, l2, dropout) -> None:
-    _choose("model", name, MODEL_NAMES)
+def _check_arguments(name, spec, num_classes, input_shape, attention, l2, dropout) -> None:
+    if spec is None:
+        _choose("model", name, MODEL_NAMES)
+    elif not isinstance(spec, ModelSpec):
+        raise TypeError(f"spec must be a lightcnn.models.specs.ModelSpec, got {type(spec).__name__}")
+    elif not (isinstance(name, str) and name.isidentifier()):
+        raise ValueError(f"name must be an identifier (it names the Keras model), got {name!r}")
     _choose("attention", attention, ATTENTIONS)
     if not _is_positive_int(num_classes):
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
@@ -87,8 +92,12 @@ def build_model(
     stochastic_depth: bool = True,
     strides: str = "auto",
     mode: str | ModelOptions = "corrected",
+    spec: ModelSpec | None = None,
 ) -> keras.Model:
     """Build one of MODEL_NAMES with a softmax head of `num_classes`.
+
+    spec: a table of your own (lightcnn.models.specs.ModelSpec, rows as in specs.py) built
+    with the same blocks in place of a named one; `name` then only names the Keras model.
 
     attention: "se" (as published), "cbam" or "ca" in place of SE where the table has SE,
     or "none" to drop it. l2: L2 penalty on conv, depthwise and dense kernels (0 disables).
@@ -99,11 +108,11 @@ def build_model(
     layers' weights, so the published parameter counts hold in either.
     """
     input_shape = tuple(input_shape)
-    _check_arguments(name, num_classes, input_shape, attention, l2, dropout)
+    _check_arguments(name, spec, num_classes, input_shape, attention, l2, dropout)
     options = resolve_mode(mode)
     num_classes, input_shape = int(num_classes), tuple(int(size) for size in input_shape)
     stride_set = resolve_strides(strides, input_shape)
-    spec = MODEL_SPECS[name]
+    spec = spec or MODEL_SPECS[name]
     make = LayerFactory(options, float(l2))
 
     inputs = keras.Input(shape=input_shape, name="image")

@@ -9,6 +9,7 @@ an epoch, and everything else can be rebuilt from it.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ import numpy as np
 
 from lightcnn.io import atomic_path, write_text
 from lightcnn.training.backend import portable
+from lightcnn.models.specs import ModelSpec
 from lightcnn.training.config import TrainConfig
 
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "top5", "val_loss", "val_accuracy", "val_top5", "lr",
@@ -50,10 +52,13 @@ def rng_variables(model: keras.Model) -> list:
 
 
 def run_identity(model_name: str, num_classes: int, input_shape: Sequence[int], config: TrainConfig,
-                 steps_per_epoch: int, model: keras.Model) -> dict[str, Any]:
-    """What a checkpoint must match to be resumed: the settings, the data size and the model."""
+                 steps_per_epoch: int, model: keras.Model, spec: ModelSpec | None = None) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the settings, the data size and the model
+    (and its table, when it is one of the caller's own)."""
     return {
         "model_name": model_name,
+        # As state.json will hold it (lists, not tuples), so that it compares equal once read back.
+        **({"spec": json.loads(json.dumps(dataclasses.asdict(spec)))} if spec is not None else {}),
         "num_classes": num_classes,
         "input_shape": list(input_shape),
         "steps_per_epoch": steps_per_epoch,
@@ -74,6 +79,8 @@ def identity_changes(old: dict, new: dict) -> str:
             old_config, new_config = old.get(key, {}), new[key]
             changes += [f"{k}: {old_config.get(k)!r} -> {new_config.get(k)!r}"
                         for k in sorted(set(old_config) | set(new_config)) if old_config.get(k) != new_config.get(k)]
+        elif key == "spec" and old.get(key) != new.get(key):
+            changes.append("spec: another table")  # whole tables would drown the message
         elif old.get(key) != new.get(key):
             changes.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
     return "; ".join(changes)

@@ -25,6 +25,7 @@ import numpy as np
 
 from lightcnn.data.arrays import ImageArrays, evaluation_batches, training_batches
 from lightcnn.models import build_model
+from lightcnn.models.specs import ModelSpec
 from lightcnn.training.backend import (
     Placement,
     dtype_policy,
@@ -106,11 +107,11 @@ def seed_everything(config: TrainConfig) -> None:
 
 
 def _build(model_name: str, num_classes: int, input_shape: tuple, config: TrainConfig,
-           placement: Placement) -> keras.Model:
+           placement: Placement, spec: ModelSpec | None) -> keras.Model:
     with dtype_policy(config.precision):
         model = build_model(model_name, num_classes, input_shape, attention=config.attention, l2=config.l2,
                             dropout=config.dropout, stochastic_depth=config.stochastic_depth,
-                            mode=config.model_mode)
+                            mode=config.model_mode, spec=spec)
     if config.precision != "float32":
         keep_output_float32(model)
     synchronize_batch_norm(model, placement)
@@ -127,6 +128,7 @@ def train_model(
     out_dir: str | os.PathLike,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 1,
+    spec: ModelSpec | None = None,
 ) -> dict:
     """Train `model_name` on train_ds (one epoch of data), validating on val_ds each epoch.
 
@@ -142,6 +144,7 @@ def train_model(
     of a finished run, is discarded and training starts from scratch; both are printed.
     The caller's `callbacks` get the Keras epoch logs plus "lr" and "epoch_seconds".
     `verbose` is Keras': 1 a progress bar per epoch, 2 one line per epoch, 0 silent.
+    `spec`: train a table of your own (see build_model) named `model_name`.
 
     Every process of a multi-host launch calls it alike, each with its own out_dir (a
     local disk: processes must not share one); they end with the same weights.
@@ -169,7 +172,7 @@ def train_model(
     placement = make_placement(config, arrays_input=arrays_input)
 
     with placement.scope():
-        model = _build(model_name, num_classes, input_shape, config, placement)
+        model = _build(model_name, num_classes, input_shape, config, placement, spec)
         if arrays_input:
             train_batches = training_batches(
                 train_ds, config.batch_size, seed=config.seed, augment=config.augment,
@@ -182,7 +185,7 @@ def train_model(
         else:
             steps_per_epoch = count_batches(train_ds, "train_ds")
         compile_model(model, config, steps_per_epoch)
-    identity = run_identity(model_name, num_classes, input_shape, config, steps_per_epoch, model)
+    identity = run_identity(model_name, num_classes, input_shape, config, steps_per_epoch, model, spec)
     run_fingerprint = fingerprint(identity)
 
     checkpoint = Checkpoint(out_dir / "checkpoint")
