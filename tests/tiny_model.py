@@ -5,8 +5,8 @@ properties of the training code: they hold (or break) for any network built from
 blocks. Most of a short run's time on a CPU is tracing or compiling the network, in
 proportion to its layers; this one has every kind of layer the four models have (conv rows,
 an inverted residual and a CSP stage, squeeze-and-excitation, ReLU and hard-swish, BatchNorm,
-strides, stochastic depth) in a sixth of our_small's blocks: TensorFlow's data-parallel
-comparison took 27 s here instead of 69 s (AMD EPYC, 2 cores). The four real architectures
+strides, stochastic depth) in a third of our_small's layers (71 against 220): TensorFlow's
+data-parallel comparison took 27 s here instead of 69 s (AMD EPYC, 2 cores, run alone). The four real architectures
 are trained, saved, exported and counted in test_models.py, test_export.py and the
 end-to-end DVC test.
 """
