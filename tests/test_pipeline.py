@@ -271,6 +271,7 @@ def test_mlflow_server_stopping_mid_training_then_sigkill_in_export(project):
 
     printed = repro_killed_at("export@", root, env, on_stage={"train@": stop_server_once_training_has_opened_its_run})
     assert "continuing untracked" in printed, printed[-3000:]  # training went on and said so
+    assert not (metrics / "tflite.json").exists()  # killed before export wrote its results
     train = read_json(metrics / "train.json")
     assert train["config"]["label_smoothing"] == 0.2  # training finished and wrote its results untracked
 
@@ -297,15 +298,21 @@ def test_mlflow_server_stopping_mid_training_then_sigkill_in_export(project):
 
 def test_sigkill_in_benchmark_of_a_training_restored_from_the_run_cache(project):
     """Back to the first settings: DVC restores the training (and evaluate and export) from
-    its run cache, a new warm-up count makes benchmark run, and that execution is SIGKILLed in
-    benchmark. The next `dvc repro` finishes: one complete run for it, tagged with the run that
-    trained the model; the killed execution wrote into no run."""
+    its run cache, new benchmark settings make benchmark run, and that execution is SIGKILLed
+    in benchmark. The next `dvc repro` finishes: one complete run for it, tagged with the run
+    that trained the model; the killed execution wrote into no run.
+
+    The benchmark stage takes under 2 s at the quick settings, so the killed execution times
+    20,000 runs per variant (about 10 s each on the machines here): the kill lands inside it.
+    The next execution is back at the quick settings (another warm-up count than the first's)."""
     root, env, server, trained_in_e2e, first_train_json = project
     before = snapshot(server)
-    set_param(root, env, "benchmark.warmup=4")
+    set_param(root, env, "benchmark.warmup=4", "benchmark.runs=20000")
     repro_killed_at("benchmark@", root, env, after_seconds=2.0)
+    assert not (metrics_dir(root) / "latency.json").exists()  # killed before benchmark wrote its results
     assert (metrics_dir(root) / "train.json").read_text() == first_train_json  # restored, not trained
     assert snapshot(server) == before
+    set_param(root, env, "benchmark.warmup=4")
     run(["dvc", "repro"], root, env)
     assert changed_stages(root, env) == set()
     assert not list(root.rglob("*.tmp*")), list(root.rglob("*.tmp*"))
