@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import sys
 
+from pipeline.common import stage
 from pipeline.common.backend_choice import select_backend_before_keras
 from pipeline.common.paths import PROJECT_ROOT
 
 if __name__ == "__main__":  # before Keras is imported below: it fixes its backend then
+    stage.check_params_first(per_model=True)  # a mistake reported in a second, not after the imports
     select_backend_before_keras(PROJECT_ROOT / "params.yaml", sys.argv[1:])
 
 import dataclasses  # noqa: E402
@@ -26,7 +28,7 @@ from lightcnn.data import load_manifest, make_dataset, verify_shards  # noqa: E4
 from lightcnn.data.pipeline import seconds_per_pass  # noqa: E402
 from lightcnn.training import (checkpoint_epoch, is_primary_process, prepare_process, resolve_config,  # noqa: E402
                                seed_everything, train_model)
-from pipeline.common import stage, tracking  # noqa: E402
+from pipeline.common import tracking  # noqa: E402
 from pipeline.common.params import StageParams  # noqa: E402
 from pipeline.common.paths import PROCESSED_DIR, ModelPaths  # noqa: E402
 from pipeline.common.settings import TrainSettings, effective_train_settings  # noqa: E402

@@ -161,14 +161,19 @@ def test_stage_params_refuse_a_key_the_stage_does_not_declare(good):
 
 
 def test_a_stage_fails_fast_on_bad_params(tmp_path):
-    """A stage validates before any work: one clear message on stderr, no traceback, exit 2."""
+    """A stage validates before any work: one clear message on stderr, no traceback, exit 2,
+    and before the seconds of importing Keras and TensorFlow (Python's -X importtime lists
+    every module the process imported)."""
     for package in ("pipeline", "lightcnn"):
         shutil.copytree(PROJECT_ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     params["train"]["batch_size"] = 0
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    proc = subprocess.run([sys.executable, "-m", "pipeline.train", "our_small", "42"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2, proc.stderr
-    assert "train.batch_size" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "pipeline.train", "our_small", "42"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    messages = [line for line in proc.stderr.splitlines() if not line.startswith("import time:")]
+    assert "pipeline.common.params" in imported and not {"keras", "tensorflow"} & imported
+    assert any("train.batch_size" in line for line in messages) and "Traceback" not in proc.stderr
     assert not (tmp_path / "models").exists()  # nothing was started

@@ -17,7 +17,8 @@ from typing import Callable
 from lightcnn.data import DataError
 from pipeline.common import tracking
 from pipeline.common.errors import ParamsError, TrackingError
-from pipeline.common.params import StageParams, stage_params
+from pipeline.common.params import StageParams, load_params, stage_params
+from pipeline.common.paths import PROJECT_ROOT
 
 USER_ERRORS = (ParamsError, TrackingError, DataError)
 
@@ -42,6 +43,24 @@ def _end_run(model: str, seed: int, status: str) -> None:
         run.finish(status)
 
 
+def _exit_on_user_error(exc: BaseException) -> None:
+    if isinstance(exc, USER_ERRORS) and not os.environ.get("LIGHTCNN_DEBUG"):
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def check_params_first(*, per_model: bool = False) -> None:
+    """Validate the command line and params.yaml before a stage's slow imports (Keras and
+    TensorFlow: seconds), so that a mistake is reported at once; run() validates again."""
+    try:
+        if per_model:
+            model_and_seed(sys.argv[1:])
+        load_params(PROJECT_ROOT / "params.yaml")
+    except USER_ERRORS as exc:
+        _exit_on_user_error(exc)
+        raise
+
+
 def run(stage: str, main: Callable[..., None], *, per_model: bool = False) -> None:
     signal.signal(signal.SIGTERM, _raise_interrupted)
     argv = sys.argv[1:]
@@ -60,7 +79,5 @@ def run(stage: str, main: Callable[..., None], *, per_model: bool = False) -> No
     except BaseException as exc:
         if model_seed and not isinstance(exc, SystemExit):
             _end_run(*model_seed, "FAILED")
-        if isinstance(exc, USER_ERRORS) and not os.environ.get("LIGHTCNN_DEBUG"):
-            print(f"error: {exc}", file=sys.stderr)
-            sys.exit(2)
+        _exit_on_user_error(exc)
         raise
