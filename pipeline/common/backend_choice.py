@@ -1,10 +1,10 @@
 """Pick the Keras backend of a train stage before anything imports Keras.
 
-Keras fixes its backend when first imported, and validating params.yaml imports the model
-code (which imports Keras). So the train stage reads the one setting it needs first, from
-params.yaml as written: `per_model.<model>.backend`, else `train.backend`, else the recipe's
-(all declared in the stage's params). Anything malformed is left to the validation that
-follows, which reports it properly.
+Keras fixes its backend when first imported. So the train stage reads the one setting it
+needs before its Keras imports, from params.yaml as written (already validated by
+stage.check_params_first, which imports no Keras): `per_model.<model>.backend`, else
+`train.backend`, else the recipe's (all declared in the stage's params). Anything malformed
+is left to the validation, which reports it properly.
 """
 from __future__ import annotations
 
