@@ -6,9 +6,9 @@ blocks. Most of a short run's time on a CPU is tracing or compiling the network,
 proportion to its layers; this one has every kind of layer the four models have (conv rows,
 an inverted residual and a CSP stage, squeeze-and-excitation, ReLU and hard-swish, BatchNorm,
 strides, stochastic depth) in a third of our_small's layers (71 against 220): TensorFlow's
-data-parallel comparison took 27 s here instead of 69 s (AMD EPYC, 2 cores, run alone). The four real architectures
-are trained, saved, exported and counted in test_models.py, test_export.py and the
-end-to-end DVC test.
+data-parallel comparison took 27 s here instead of 69 s (AMD EPYC, 2 cores, run alone). The
+four real architectures are trained, saved, exported and counted in test_models.py,
+test_export.py and the end-to-end DVC test.
 """
 from __future__ import annotations
 

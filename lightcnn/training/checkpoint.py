@@ -22,8 +22,8 @@ import keras
 import numpy as np
 
 from lightcnn.io import atomic_path, write_text
-from lightcnn.training.backend import portable
 from lightcnn.models.specs import ModelSpec
+from lightcnn.training.backend import portable
 from lightcnn.training.config import TrainConfig
 
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "top5", "val_loss", "val_accuracy", "val_top5", "lr",
