@@ -142,7 +142,8 @@ def start_server(store: Path, port: int, log_path: Path) -> subprocess.Popen:
         server = subprocess.Popen(
             [mlflow, "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
              "--artifacts-destination", str(store / "mlartifacts"), "--host", "127.0.0.1", "--port", str(port)],
-            cwd=store, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            cwd=store, env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # as the README's
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
     while time.monotonic() < deadline and server.poll() is None:
         try:
@@ -273,7 +274,8 @@ def check(out_dir: Path, keep_store: Path | None) -> int:
             "Datasets": "no Datasets section", source_label: "no source",
             tags.get("mlflow.source.git.commit", "?")[:6]: "no source commit"}, {})
         name = tags.get("mlflow.source.name", "")
-        if "://" not in name and source_label != name.split("/")[-1]:
+        shown_name = ui_source_label({**tags, "mlflow.project.entryPoint": ""})  # the label less ":<entry point>"
+        if "://" not in name and shown_name != name.split("/")[-1]:
             problems.append(f"the UI shows the source name {name!r} as {source_label!r}: for source type PROJECT "
                             "it drops everything after the last '.' of the name's last path part")
     finally:

@@ -35,6 +35,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -193,7 +194,7 @@ def readme_commands(path: Path) -> list[ReadmeCommand]:
 class CheckContext:
     """What the checks share within a module: a scratch folder and a git copy of the project (made once)."""
 
-    scratch: Callable[[str], Path]            # tmp_path_factory.mktemp
+    scratch: Callable[[str], Path]            # tmp_path_factory.mktemp, behind a lock
     readme: Path
     _project_copy: Path | None = field(default=None, init=False)
 
@@ -497,7 +498,15 @@ README_COMMANDS = readme_commands(readme_path())
 
 @pytest.fixture(scope="module")
 def context(tmp_path_factory: pytest.TempPathFactory) -> CheckContext:
-    return CheckContext(scratch=tmp_path_factory.mktemp, readme=readme_path())
+    lock = threading.Lock()
+
+    def scratch(name: str) -> Path:
+        # pytest's mktemp is not thread-safe, and served_failures checks from threads: three
+        # concurrent mktemp("mlflow") calls failed with "mlflow is not a normalized and relative path".
+        with lock:
+            return tmp_path_factory.mktemp(name)
+
+    return CheckContext(scratch=scratch, readme=readme_path())
 
 
 def _failure(command: ReadmeCommand, context: CheckContext) -> str | None:
