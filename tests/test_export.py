@@ -15,9 +15,10 @@ from lightcnn.export import (
     lean_inference_model,
     write_tflite,
 )
-from lightcnn.models import MODEL_NAMES, ModelOptions, StochasticDepth, build_model
+from lightcnn.models import ModelOptions, StochasticDepth, build_model
 from lightcnn.models.blocks import LayerFactory, MBArgs, inverted_residual
 from lightcnn.profiling import placement
+from lightcnn.study import STUDY_MODELS
 from tests.conftest import CIFAR10_JPEG
 from tests.helpers_real_data import load_cifar10_sample
 
@@ -36,7 +37,7 @@ def _set_batchnorm_statistics(model: keras.Model, images: np.ndarray) -> None:
     model(images, training=True)
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", STUDY_MODELS)
 def test_float32_tflite_matches_keras(name):
     keras.utils.set_random_seed(0)
     images = np.random.default_rng(0).random((6, 32, 32, 3), dtype=np.float32)

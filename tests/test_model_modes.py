@@ -13,7 +13,7 @@ import pytest
 from keras import layers
 
 from lightcnn.export import TFLiteModel, convert
-from lightcnn.models import MODEL_MODES, MODEL_NAMES, ModelOptions, StochasticDepth, build_model
+from lightcnn.models import MODEL_MODES, ModelOptions, StochasticDepth, build_model
 from lightcnn.models.blocks import (
     LayerFactory,
     cbam,
@@ -22,6 +22,7 @@ from lightcnn.models.blocks import (
     coordinate_attention_study,
     study_cbam_kernel,
 )
+from lightcnn.study import STUDY_MODELS
 
 MODES = ("corrected", "faithful")
 ATTENTION_TAGS = ("_se_", "_cbam_", "_ca_")
@@ -40,7 +41,7 @@ STUDY_INITIALIZERS = {
 def models() -> dict[tuple[str, str], keras.Model]:
     """Each model once per mode, at CIFAR-10 size (building the large ones is slow)."""
     keras.utils.set_random_seed(0)
-    return {(name, mode): build_model(name, 10, mode=mode) for mode in MODES for name in MODEL_NAMES}
+    return {(name, mode): build_model(name, 10, mode=mode) for mode in MODES for name in STUDY_MODELS}
 
 
 # ----------------------------------------------------------------------------- initialisers
@@ -96,7 +97,7 @@ def _assert_uniform_spread(kernels: list[np.ndarray], initializer: str, what: st
     )
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", STUDY_MODELS)
 def test_faithful_initializers_are_the_studys(models, name):
     roles = _kernels_by_role(models[name, "faithful"])
     # Every model has SE rows, so all four roles are present.
@@ -105,7 +106,7 @@ def test_faithful_initializers_are_the_studys(models, name):
         _assert_uniform_spread(roles[role], initializer, f"{name} faithful {role}")
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", STUDY_MODELS)
 def test_corrected_initializers_follow_the_corrected_options(models, name):
     options = MODEL_MODES["corrected"]
     roles = _kernels_by_role(models[name, "corrected"])
@@ -196,7 +197,7 @@ def test_per_batch_serialises_and_old_configs_default_to_per_sample():
 
 @pytest.mark.parametrize(("mode", "per_batch"), [("faithful", True), ("corrected", False)])
 def test_modes_choose_the_draw(models, mode, per_batch):
-    for name in MODEL_NAMES:
+    for name in STUDY_MODELS:
         drops = [layer for layer in models[name, mode].layers if isinstance(layer, StochasticDepth)]
         assert drops and all(layer.per_batch is per_batch for layer in drops), name
 

@@ -1,4 +1,5 @@
-"""A small table of the study's own blocks, for tests whose claim is about training, not an architecture.
+"""The smoke network (lightcnn.models.specs.SMOKE), for tests whose claim is about training, not
+an architecture.
 
 Data-parallel agreement, determinism, exact resume and agreement between processes are
 properties of the training code: they hold (or break) for any network built from the same
@@ -9,16 +10,12 @@ strides, stochastic depth) in a third of our_small's layers (71 against 220): Te
 data-parallel comparison took 27 s here instead of 69 s (AMD EPYC, 2 cores, run alone). The
 four real architectures are trained, saved, exported and counted in test_models.py,
 test_export.py and the end-to-end DVC test.
+
+Passed as a table of one's own (`spec=`), as a user's would be, under its registered name.
 """
 from __future__ import annotations
 
-from lightcnn.models.specs import ModelSpec, Row
+from lightcnn.models import MODEL_SPECS
 
-TINY_NAME = "tiny"
-TINY_SPEC = ModelSpec(rows=(
-    #   kind, expansions, filters, kernel, stride cifar, stride birds, activation, SE, stage
-    Row("conv", (), 8, 3, 1, 2, "HS", False, None),
-    Row("mb", (16,), 8, 3, 1, 2, "RE", True, 1),
-    Row("csp", (24, 24), 16, 3, 2, 2, "HS", True, 2),
-    Row("conv", (), 32, 1, 1, 1, "HS", False, None),
-), survival_decay=0.01)
+TINY_NAME = "smoke"
+TINY_SPEC = MODEL_SPECS[TINY_NAME]

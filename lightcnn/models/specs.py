@@ -1,4 +1,5 @@
-"""The four architectures as data: one spec table per model (see ../shared/docs/seed-models.md).
+"""The four architectures as data: one spec table per model (see ../shared/docs/seed-models.md),
+and a fifth, `smoke`, for checking a setup end to end in minutes (not a result).
 
 Each row is one block of the network, in order. The builder (builder.py) turns a table into
 a Keras model using the blocks in blocks.py; nothing here knows about Keras.
@@ -127,11 +128,25 @@ OUR_SMALL = _table(
     ("conv", None, 1024, 1, 1, 1, "HS", NO, None),
 )
 
+# Not the study's: one block of each kind the four use (a conv row, an inverted residual and a
+# CSP stage, with SE, ReLU and hard-swish, BatchNorm, strides, stochastic depth) at minimal
+# width, in 71 layers against our_small's 220. Most of a short run on a CPU is tracing the
+# network, in proportion to its layers: `dvc exp run -S model=smoke` (with a small
+# data.max_per_class and train.epochs=1) checks a new machine, dataset or setting through every
+# stage in a few minutes before the real models spend hours. Its accuracy means nothing.
+SMOKE = _table(
+    ("conv", None, 8, 3, 1, 2, "HS", NO, None),
+    ("mb", 16, 8, 3, 1, 2, "RE", SE, 1),
+    ("csp", (24, 24), 16, 3, 2, 2, "HS", SE, 2),
+    ("conv", None, 32, 1, 1, 1, "HS", NO, None),
+)
+
 # Survival decay per stage: 0.083 for the Large models, 0.01 for the Small ones.
 MODEL_SPECS: dict[str, ModelSpec] = {
     "mobilenetv3_large": ModelSpec(MOBILENETV3_LARGE, survival_decay=0.083),
     "mobilenetv3_small": ModelSpec(MOBILENETV3_SMALL, survival_decay=0.01),
     "our_large": ModelSpec(OUR_LARGE, survival_decay=0.083),
     "our_small": ModelSpec(OUR_SMALL, survival_decay=0.01),
+    "smoke": ModelSpec(SMOKE, survival_decay=0.01),
 }
-MODEL_NAMES = tuple(MODEL_SPECS)
+MODEL_NAMES = tuple(MODEL_SPECS)  # the study's four (lightcnn.study.STUDY_MODELS), then smoke
