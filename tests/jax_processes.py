@@ -43,8 +43,9 @@ QUICK_COMPILE = "--xla_backend_optimization_level=0"
 def jax_environment(cache_dir: Path | None, **extra: str) -> dict[str, str]:
     """os.environ for a subprocess on Keras' JAX backend, using the shared compilation cache
     where cache_dir is given (None: a process that compiles little, e.g. an import check).
-    XLA_FLAGS in `extra` are added to QUICK_COMPILE."""
-    extra = {**extra, "XLA_FLAGS": " ".join(filter(None, (QUICK_COMPILE, extra.get("XLA_FLAGS"))))}
+    XLA_FLAGS of the environment and of `extra` are added to QUICK_COMPILE."""
+    flags = (QUICK_COMPILE, os.environ.get("XLA_FLAGS"), extra.get("XLA_FLAGS"))
+    extra = {**extra, "XLA_FLAGS": " ".join(filter(None, flags))}
     environment = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(PROJECT_ROOT)}
     if cache_dir is not None:
         environment.update({

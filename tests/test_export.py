@@ -58,14 +58,18 @@ def test_float32_tflite_matches_keras(name):
 
 @pytest.fixture(scope="module")
 def trained_small_model(shared_data):
-    """our_small trained briefly on 2,000 real CIFAR-10 images, exported in every variant."""
+    """our_small trained for one epoch on 2,000 real CIFAR-10 images, exported in every variant.
+
+    One epoch and 1,000 test images rather than three epochs and 300: the int8 test needs 30
+    images where Keras is decisive, and found 81 to 373 (seeds 1-3) against 117 before, for 32 s
+    of fitting instead of about 50 (AMD EPYC, 2 cores)."""
     train_images, train_labels = load_cifar10_sample(CIFAR10_JPEG, "train", per_class=200)
-    test_images, test_labels = load_cifar10_sample(CIFAR10_JPEG, "test", per_class=30)
+    test_images, test_labels = load_cifar10_sample(CIFAR10_JPEG, "test", per_class=100)
     keras.utils.set_random_seed(1)
     model = build_model("our_small", num_classes=10, stochastic_depth=False)
     model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy")
     model.optimizer.build(model.trainable_variables)  # else its first step creates them: traced twice
-    model.fit(train_images, train_labels, batch_size=32, epochs=3, verbose=0)
+    model.fit(train_images, train_labels, batch_size=32, epochs=1, verbose=0)
     _set_batchnorm_statistics(model, train_images[:1000])
     variants = convert_variants(model, representative_images=train_images[:100])
     return {
@@ -82,7 +86,7 @@ def test_trained_float32_agrees_exactly_with_keras(trained_small_model):
                              reference_probs=trained_small_model["keras_probs"])
     keras_top1 = np.mean(trained_small_model["keras_probs"].argmax(1) == trained_small_model["test_labels"])
 
-    assert result["num_images"] == 300
+    assert result["num_images"] == 1000
     assert result["agreement"] == 1.0 and result["max_abs_diff"] < 1e-4
     assert result["top1"] == pytest.approx(keras_top1)
     assert keras_top1 > 0.15, "the briefly trained model should beat chance (0.10)"
@@ -114,9 +118,9 @@ def test_float16_tflite_is_within_1e_2_of_keras_and_half_the_size(trained_small_
 
 
 def test_int8_tflite_follows_keras_wherever_keras_is_decisive(trained_small_model):
-    """A briefly trained model (about 30% top-1) has many near ties, and which side of a tie int8
+    """A briefly trained model (about 23% top-1) has many near ties, and which side of a tie int8
     lands on follows the exact trained weights, which differ between CPUs: its overall agreement
-    with Keras ranged from 83% to 94% over training seeds here. What holds on every CPU: where
+    with Keras ranged from 87% to 93% over training seeds here. What holds on every CPU: where
     Keras's top class leads the runner-up by 0.1 or more, int8 picks the same class, and its
     probabilities stay close on average. A wrong scale, zero point or op breaks both."""
     variants = trained_small_model["variants"]
