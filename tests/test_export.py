@@ -61,8 +61,8 @@ def trained_small_model(shared_data):
     """our_small trained for one epoch on 2,000 real CIFAR-10 images, exported in every variant.
 
     One epoch and 1,000 test images rather than three epochs and 300: the int8 test needs 30
-    images where Keras is decisive, and found 81 to 373 (seeds 1-3) against 117 before, for 32 s
-    of fitting instead of about 50 (AMD EPYC, 2 cores)."""
+    images where Keras is decisive, and found 81 to 373 (seeds 1-3) against 117 before, for 31-34 s
+    of fitting instead of 42 s (AMD EPYC, 2 cores, run alone)."""
     train_images, train_labels = load_cifar10_sample(CIFAR10_JPEG, "train", per_class=200)
     test_images, test_labels = load_cifar10_sample(CIFAR10_JPEG, "test", per_class=100)
     keras.utils.set_random_seed(1)

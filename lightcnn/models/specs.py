@@ -132,8 +132,9 @@ OUR_SMALL = _table(
 # CSP stage, with SE, ReLU and hard-swish, BatchNorm, strides, stochastic depth) at minimal
 # width, in 71 layers against our_small's 220. Most of a short run on a CPU is tracing the
 # network, in proportion to its layers: `dvc exp run -S model=smoke` (with a small
-# data.max_per_class and train.epochs=1) checks a new machine, dataset or setting through every
-# stage in a few minutes before the real models spend hours. Its accuracy means nothing.
+# data.max_per_class, train.epochs=1 and train.warmup_epochs=0: README, Settings) checks a new
+# machine, dataset or setting through every stage in minutes before the real models spend
+# hours. Its accuracy means nothing.
 SMOKE = _table(
     ("conv", None, 8, 3, 1, 2, "HS", NO, None),
     ("mb", 16, 8, 3, 1, 2, "RE", SE, 1),
