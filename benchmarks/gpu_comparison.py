@@ -33,9 +33,11 @@ sys.path.insert(0, str(PROJECT_ROOT))
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-MODELS = ("mobilenetv3_large", "mobilenetv3_small", "our_large", "our_small")  # lightcnn.models.MODEL_NAMES
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 DEFAULT_ARCHIVE = PROJECT_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+from lightcnn.models import MODEL_NAMES  # noqa: E402  (neither imports Keras)
+from lightcnn.study import STUDY_MODELS  # noqa: E402
 
 
 def prepare_arrays(args: argparse.Namespace) -> Path:
@@ -194,7 +196,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--models", nargs="+", default=list(STUDY_MODELS), choices=MODEL_NAMES,
+                        help="default: the study's four; 'smoke' checks the script in seconds")
     parser.add_argument("--max-per-class", type=int, default=None, help="train images per class (default: all)")
     parser.add_argument("--test-per-class", type=int, default=None, help="test images per class (default: all)")
     parser.add_argument("--precision", default="float32", choices=PRECISIONS)
