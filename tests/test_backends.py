@@ -177,8 +177,8 @@ def test_training_batches_depend_on_seed_and_epoch_only():
     assert first_labels.shape == (16, 5)
 
 
-def test_tensorflow_backend_trains_from_arrays(tmp_path, shared_data):
-    data = load_image_arrays(CIFAR10_JPEG, max_per_class=5)  # 40 train images: 2 steps of 16; 10 val
+def test_tensorflow_backend_trains_from_arrays(tmp_path, cifar10_subset):
+    data = load_image_arrays(cifar10_subset, max_per_class=5)  # 40 train images: 2 steps of 16; 10 val
     config = resolve_config("default", epochs=1, batch_size=16, warmup_epochs=0.5, precision="mixed_bfloat16")
     summary = train_model(TINY_NAME, 10, (32, 32, 3), data["train"], data["val"], config, tmp_path, verbose=0,
                           spec=TINY_SPEC)
@@ -215,8 +215,8 @@ print("SUMMARY", summary["resumed_from_epoch"], summary["epochs_run"], "tensorfl
 """
 
 
-def start_jax_run(out_dir: Path, die: bool, cache: Path) -> subprocess.Popen:
-    code = JAX_RUN.format(archive=str(CIFAR10_JPEG), die=die, out_dir=str(out_dir))
+def start_jax_run(archive: Path, out_dir: Path, die: bool, cache: Path) -> subprocess.Popen:
+    code = JAX_RUN.format(archive=str(archive), die=die, out_dir=str(out_dir))
     env = jax_environment(cache)
     return subprocess.Popen([sys.executable, "-c", BLOCK_TENSORFLOW + code], cwd=PROJECT_ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -227,7 +227,7 @@ def history(out_dir: Path) -> list[dict]:
         return [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in csv.DictReader(file)]
 
 
-def test_jax_training_without_tensorflow_is_deterministic_and_resumes_exactly(tmp_path, shared_data, jax_cache):
+def test_jax_training_without_tensorflow_is_deterministic_and_resumes_exactly(tmp_path, cifar10_subset, jax_cache):
     """Two fresh processes (one killed by SIGKILL after epoch 1) train alike, and the killed
     run, resumed, ends with the weights, optimizer state and history of the uninterrupted one.
 
@@ -239,15 +239,15 @@ def test_jax_training_without_tensorflow_is_deterministic_and_resumes_exactly(tm
     so the later two skip most of XLA's compiling: a cached executable is exactly the one the
     process would have compiled, so the comparison is the same with a cold or a warm cache."""
     uninterrupted, killed = tmp_path / "uninterrupted", tmp_path / "killed"
-    runs = {"killed": start_jax_run(killed, die=True, cache=jax_cache)}
+    runs = {"killed": start_jax_run(cifar10_subset, killed, die=True, cache=jax_cache)}
     try:
         killed_output = runs["killed"].communicate(timeout=1500)[0]
         assert runs["killed"].returncode == -signal.SIGKILL, killed_output[-4000:]
         killed_history = history(killed)
         assert [row["epoch"] for row in killed_history] == ["1"]
         (killed / "best.keras").unlink()  # DVC deletes outputs before a rerun
-        runs["uninterrupted"] = start_jax_run(uninterrupted, die=False, cache=jax_cache)
-        runs["resumed"] = start_jax_run(killed, die=False, cache=jax_cache)
+        runs["uninterrupted"] = start_jax_run(cifar10_subset, uninterrupted, die=False, cache=jax_cache)
+        runs["resumed"] = start_jax_run(cifar10_subset, killed, die=False, cache=jax_cache)
         uninterrupted_output = runs["uninterrupted"].communicate(timeout=1500)[0]
         output = runs["resumed"].communicate(timeout=1500)[0]
     finally:
@@ -270,7 +270,7 @@ def test_jax_training_without_tensorflow_is_deterministic_and_resumes_exactly(tm
 # ----------------------------------------------------------------------------- the GPU comparison script
 
 
-def test_gpu_comparison_script_runs_without_tensorflow(tmp_path, shared_data, jax_cache):
+def test_gpu_comparison_script_runs_without_tensorflow(tmp_path, cifar10_subset, jax_cache):
     """benchmarks/gpu_comparison.py end to end on the CPU, 1 epoch of a tiny subset: a test
     that it works (on a machine without TensorFlow), not a timing. The smoke network: which
     network the script trains is a name it passes on (41 s in the suite with our_small)."""
@@ -282,7 +282,7 @@ def test_gpu_comparison_script_runs_without_tensorflow(tmp_path, shared_data, ja
     env = jax_environment(jax_cache, PYTHONPATH=f"{blocked.parent}{os.pathsep}{PROJECT_ROOT}")
     # 40 train images: 2 steps of 16 (1 execution of steps_per_execution 2), 10 val, 40 test.
     result = subprocess.run(
-        [sys.executable, "benchmarks/gpu_comparison.py", "--archive", str(CIFAR10_JPEG), "--epochs", "1",
+        [sys.executable, "benchmarks/gpu_comparison.py", "--archive", str(cifar10_subset), "--epochs", "1",
          "--max-per-class", "5", "--test-per-class", "4", "--models", "smoke", "--steps-per-execution", "2",
          "--batch-size", "16",
          "--work-dir", str(tmp_path / "work"), "--output", str(output)],

@@ -25,7 +25,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from tests.conftest import CIFAR10_JPEG, PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT
 from tests.jax_processes import jax_cache, jax_environment  # noqa: F401  (jax_cache: a fixture)
 from tests.checkpoint_files import checkpoint_arrays as weight_arrays
 from tests.test_backends import BLOCK_TENSORFLOW
@@ -89,15 +89,15 @@ def assert_close_weights(single: dict[str, np.ndarray], parallel: dict[str, np.n
 
 
 @pytest.mark.parametrize("backend", ["jax", "tensorflow"])
-def test_data_parallel_on_two_devices_matches_one_device(backend, tmp_path, shared_data, jax_cache):
+def test_data_parallel_on_two_devices_matches_one_device(backend, tmp_path, cifar10_subset, jax_cache):
     if backend == "jax":
         # The session's JAX compilation cache: see tests/jax_processes.py.
         env = jax_environment(jax_cache, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-        code = COMPARE.format(backend=backend, setup="", archive=str(CIFAR10_JPEG), out=str(tmp_path),
+        code = COMPARE.format(backend=backend, setup="", archive=str(cifar10_subset), out=str(tmp_path),
                               to_inputs="")
     else:
         env = {"KERAS_BACKEND": "tensorflow"}
-        code = COMPARE.format(backend=backend, setup=TF_SETUP, archive=str(CIFAR10_JPEG), out=str(tmp_path),
+        code = COMPARE.format(backend=backend, setup=TF_SETUP, archive=str(cifar10_subset), out=str(tmp_path),
                               to_inputs=TF_DATASETS.strip())
     output = run(code, env, block_tensorflow=backend == "jax")
     assert 'REPLICAS {"none": 1, "data_parallel": 2}' in output, output[-2000:]
@@ -127,7 +127,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_jax_processes_train_together_and_end_with_identical_weights(tmp_path, shared_data, jax_cache):
+def test_two_jax_processes_train_together_and_end_with_identical_weights(tmp_path, cifar10_subset, jax_cache):
     """Two steps: identical weights after them need the gradients to be all-reduced in both (and
     the same batches split alike). The processes share the session's JAX compilation cache
     (tests/jax_processes.py)."""
@@ -137,7 +137,7 @@ def test_two_jax_processes_train_together_and_end_with_identical_weights(tmp_pat
         env = jax_environment(jax_cache, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
                               JAX_PROCESS_ID=str(process_id))
         code = BLOCK_TENSORFLOW + textwrap.dedent(MULTI_PROCESS).format(
-            archive=str(CIFAR10_JPEG), out=str(tmp_path / f"process-{process_id}"))
+            archive=str(cifar10_subset), out=str(tmp_path / f"process-{process_id}"))
         processes.append(subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=env,
                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     try:

@@ -19,7 +19,6 @@ from lightcnn.models import ModelOptions, StochasticDepth, build_model
 from lightcnn.models.blocks import LayerFactory, MBArgs, inverted_residual
 from lightcnn.profiling import placement
 from lightcnn.study import STUDY_MODELS
-from tests.conftest import CIFAR10_JPEG
 from tests.helpers_real_data import load_cifar10_sample
 
 
@@ -57,14 +56,14 @@ def test_float32_tflite_matches_keras(name):
 
 
 @pytest.fixture(scope="module")
-def trained_small_model(shared_data):
+def trained_small_model(cifar10_subset):
     """our_small trained for one epoch on 2,000 real CIFAR-10 images, exported in every variant.
 
     One epoch and 1,000 test images rather than three epochs and 300: the int8 test needs 30
     images where Keras is decisive, and found 81 to 373 (seeds 1-3) against 117 before, for 31-34 s
     of fitting instead of 42 s (AMD EPYC, 2 cores, run alone)."""
-    train_images, train_labels = load_cifar10_sample(CIFAR10_JPEG, "train", per_class=200)
-    test_images, test_labels = load_cifar10_sample(CIFAR10_JPEG, "test", per_class=100)
+    train_images, train_labels = load_cifar10_sample(cifar10_subset, "train", per_class=200)
+    test_images, test_labels = load_cifar10_sample(cifar10_subset, "test", per_class=100)
     keras.utils.set_random_seed(1)
     model = build_model("our_small", num_classes=10, stochastic_depth=False)
     model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy")
