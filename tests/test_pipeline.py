@@ -17,9 +17,9 @@ and each builds on the state the previous ones left, as a user's project would:
 2. The fault sweep (README, "Faults tried"), each fault where it costs least, on one new
    training (a new learning rate): the MLflow server stops in the middle of training and the
    same execution is SIGKILLed in export; the next one, the server still down, is SIGKILLed in
-   benchmark; the next stops at record, clearly; then the server is back. Two queued
-   experiments run in parallel, each back at the first settings, whose training DVC restores
-   from its run cache. After every fault `dvc repro` recovers, nothing half-written is used, no
+   benchmark; the next stops at record, clearly; then the server is back, and back at the first
+   settings DVC restores the first training from its run cache. Two queued experiments run in
+   parallel. After every fault `dvc repro` recovers, nothing half-written is used, no
    MLflow run is left RUNNING and no execution writes into another's run.
 
 MLflow's HTTP client retries a refused connection for about four minutes by default; the
@@ -265,13 +265,15 @@ def test_mlflow_server_stopping_mid_training_then_sigkills_in_export_and_in_benc
     `dvc repro`: the MLflow server stops while the model trains (training goes on untracked),
     and that execution is SIGKILLed in export. With the server still down, the next execution
     reruns export and is SIGKILLed in benchmark; the one after it reruns benchmark and stops at
-    record with one clear message. Once the server is back, `dvc repro` finishes, ends the
-    cut-off run KILLED and leaves every earlier run as it was.
+    record with one clear message. Once the server is back, `dvc repro` finishes and ends the
+    cut-off run KILLED. Back at the first settings, DVC restores the first training (and what
+    follows it) from its run cache: the run of that execution names the run that trained the
+    model. Every earlier run is left as it was.
 
     The benchmark stage takes under 2 s at the quick settings, so the execution killed in it
     times 20,000 runs per variant (about 10 s each on the machines here): the kill lands inside
     it. The executions after it are back at the quick settings."""
-    root, env, server, _, first_train_json = project
+    root, env, server, trained_in_e2e, first_train_json = project
     metrics, paths = metrics_dir(root), model_dir(root)
     before = snapshot(server)
     set_param(root, env, NEW_LEARNING_RATE, "benchmark.runs=20000")  # this execution trains again
@@ -316,12 +318,27 @@ def test_mlflow_server_stopping_mid_training_then_sigkills_in_export_and_in_benc
     assert [r.info.status for r in cut_off] == ["KILLED"], cut_off
     assert_no_run_left_running(server)
 
+    before = snapshot(server)
+    set_param(root, env)  # the first settings
+    printed = run(["dvc", "repro"], root, env).stdout
+    assert f"Stage 'train@{MODEL}-{SEED}' is cached - skipping run, checking out outputs" in printed, printed[-3000:]
+    assert (metrics / "train.json").read_text() == first_train_json  # restored, not trained
+    assert changed_stages(root, env) == set()
+    after = snapshot(server)
+    assert {k: after[k] for k in before} == before
+    new = set(after) - set(before)
+    assert len(new) == 1, new
+    data = client_for(server).get_run(new.pop()).data
+    assert "lightcnn.trained" not in data.tags  # DVC restored train: nothing trained in this execution
+    for key in ("test_top1", "tflite.int8.top1", "latency.float32.threads1.median_ms", "val_accuracy"):
+        assert key in data.metrics, key
+    assert data.tags["lightcnn.trained_in_run"] == trained_in_e2e  # the run that trained this exact model file
+    assert_no_run_left_running(server)
+
 
 def test_parallel_queued_experiments_each_get_their_own_complete_run(project):
     """Two queued experiments that rerun only some stages, run by `dvc queue start -j 2`: each
-    gets a new complete run; every earlier run is left as it was. Each composes params.yaml from
-    conf/, so it is back at the first learning rate: DVC restores that training (with its
-    evaluation and export) from its run cache, and the run names the run that trained it.
+    gets a new complete run; every earlier run is left as it was.
 
     First the results are committed, as a user does after `dvc repro` (dvc.lock, the metrics):
     a queued experiment starts from a commit, and without a committed dvc.lock it would rerun
@@ -339,9 +356,7 @@ def test_parallel_queued_experiments_each_get_their_own_complete_run(project):
         if "Queued" not in status and "Running" not in status:
             break
         time.sleep(3)
-    logs = run(["dvc", "queue", "logs", "queued-5"], root, env, check=False).stdout
-    assert "Failed" not in status, status + logs
-    assert f"Stage 'train@{MODEL}-{SEED}' is cached - skipping run, checking out outputs" in logs, logs[-3000:]
+    assert "Failed" not in status, status + run(["dvc", "queue", "logs", "queued-5"], root, env, check=False).stdout
     after = snapshot(server)
     assert {k: after[k] for k in before} == before
     new = [client_for(server).get_run(run_id) for run_id in set(after) - set(before)]
