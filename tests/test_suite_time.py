@@ -1,0 +1,24 @@
+"""benchmarks/suite_time.py: the rerunnable check of the suite-time target, on one small file."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from tests.conftest import PROJECT_ROOT
+
+
+def test_suite_time_reports_cpu_probe_verdict_and_time_per_file(tmp_path):
+    """A target of 0 minutes: the suite passes but is over it, so the script says so and exits 1."""
+    result = subprocess.run(
+        [sys.executable, "benchmarks/suite_time.py", "--target-minutes", "0", "--",
+         "tests/test_latency_record.py", "-n", "0", "-p", "no:cacheprovider", f"--basetemp={tmp_path / 'inner'}"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    output = result.stdout
+    assert result.returncode == 1, output[-3000:] + result.stderr[-3000:]
+    assert re.search(r"^CPU: .+, \d+ logical cores, (AVX-512|AVX2, no AVX-512|no AVX2)$", output, re.M), output
+    assert len(re.findall(r"^probe (before|after): python loop \d+\.\d\d s, numpy matmul \d+\.\d\d s$",
+                          output, re.M)) == 2, output
+    assert re.search(r"^suite: \d+ min \d\d s wall \(pytest exit 0\); OVER the 0-minute target$", output, re.M), output
+    (row,) = re.findall(r"^ +(\d+\.\d) s +(\d+) tests +test_latency_record\.py$", output, re.M)
+    assert int(row[1]) >= 4 and float(row[0]) > 0, row
