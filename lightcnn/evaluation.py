@@ -80,6 +80,12 @@ def evaluate_model(model: keras.Model, test_ds: tf.data.Dataset, class_names: Se
     }
 
 
+def per_class_accuracy_rows(per_class_accuracy: dict[str, float | None]) -> list[dict]:
+    """One {"class": name, "accuracy": value} row per class (None: no test image of it), in
+    class order, for DVC's bar plot templates."""
+    return [{"class": name, "accuracy": accuracy} for name, accuracy in per_class_accuracy.items()]
+
+
 def confusion_matrix_rows(cm: Sequence[Sequence[int]], class_names: Sequence[str]) -> list[dict]:
     """One {"actual": name, "predicted": name} row per test example, for DVC's "confusion"
     plot template (which counts rows itself), ordered by actual then predicted class."""

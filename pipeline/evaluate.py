@@ -8,7 +8,9 @@ import numpy as np
 
 from lightcnn import io
 from lightcnn.data import load_manifest, make_dataset
-from lightcnn.evaluation import confusion_matrix_rows, evaluate_model, save_confusion_matrix_png
+from lightcnn.evaluation import (
+    confusion_matrix_rows, evaluate_model, per_class_accuracy_rows, save_confusion_matrix_png,
+)
 from lightcnn.gradcam import save_gradcam_grid
 from lightcnn.models import count_macs, load_model
 from pipeline.common import stage
@@ -43,7 +45,7 @@ def main(params: StageParams, model_name: str, seed: int) -> None:
                "num_examples": result["num_examples"], "params": model.count_params(), "macs": count_macs(model),
                "trainable_params": sum(int(np.prod(w.shape)) for w in model.trainable_weights)}
     io.write_json(paths.eval_metrics, metrics)
-    io.write_json(paths.extras / "per_class_accuracy.json", result["per_class_accuracy"])
+    io.write_json(paths.extras / "per_class_accuracy.json", per_class_accuracy_rows(result["per_class_accuracy"]))
     io.write_json(paths.extras / "confusion.json", confusion_matrix_rows(result["confusion_matrix"], class_names))
     save_confusion_matrix_png(result["confusion_matrix"], class_names, paths.extras / "confusion.png")
     images, labels = one_image_per_class(test_ds, params["report.gradcam_images"], len(class_names))

@@ -9,7 +9,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from lightcnn.evaluation import confusion_matrix_rows, evaluate_model, save_confusion_matrix_png
+from lightcnn.evaluation import (
+    confusion_matrix_rows, evaluate_model, per_class_accuracy_rows, save_confusion_matrix_png,
+)
 
 CLASS_NAMES = ["c0", "c1", "c2", "c3", "c4", "c5", "c6"]
 
@@ -75,6 +77,12 @@ def test_loss_is_keras_plain_categorical_cross_entropy():
 def test_evaluate_model_rejects_mismatched_class_names():
     with pytest.raises(ValueError, match="7 classes but 3 class names"):
         evaluate_model(identity_model(), dataset(7), ["a", "b", "c"])
+
+
+def test_per_class_accuracy_rows_keep_class_order_and_absent_classes():
+    """The records DVC's bar plot reads: one per class, in class order, None for a class without test images."""
+    assert per_class_accuracy_rows({"cat": 0.5, "ant": None, "dog": 1.0}) == [
+        {"class": "cat", "accuracy": 0.5}, {"class": "ant", "accuracy": None}, {"class": "dog", "accuracy": 1.0}]
 
 
 def test_confusion_matrix_rows_one_per_example():
