@@ -28,9 +28,9 @@ CIFAR10_SUBSET_PER_CLASS = {"train": 200, "test": 100}
 @pytest.fixture(scope="session")
 def cifar10_subset(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The first 200 train and 100 test JPEGs of each class of the shared CIFAR-10 archive, as
-    an archive of the same layout (tests/helpers_real_data.py): the same images for tests that
+    an archive of the same layout (tests/data_helpers.py): the same images for tests that
     read at most that many per class, each read without the 2 s the whole archive takes."""
-    from tests.helpers_real_data import write_cifar10_subset
+    from tests.data_helpers import write_cifar10_subset
 
     return write_cifar10_subset(CIFAR10_JPEG, tmp_path_factory.mktemp("cifar10-subset") / "cifar10-jpeg.tar.gz",
                                 CIFAR10_SUBSET_PER_CLASS)

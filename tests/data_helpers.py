@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import pickle
 import tarfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -97,16 +99,42 @@ def build_class_tree(root: Path, classes: dict[str, int], test_per_class: int = 
                 write_image(root / split / name / f"{i:03d}.png", pixels)
 
 
+def _first_per_class(tar: tarfile.TarFile, per_class: int | dict[str, int]) -> Iterator[tarfile.TarInfo]:
+    """The image files of the real CIFAR-10 JPEG archive (<split>/<class>/NNNN.jpg) that are
+    among the first `per_class` of their class: one count for every split, or one per split
+    ({split: count}; a split not named keeps none)."""
+    for member in tar:
+        parts = member.name.split("/")
+        if member.isfile() and len(parts) == 3:
+            limit = per_class if isinstance(per_class, int) else per_class.get(parts[0], 0)
+            if int(Path(parts[2]).stem) < limit:
+                yield member
+
+
 def extract_real_cifar_subset(archive: Path, out: Path, per_class: int) -> None:
     """The first `per_class` images of each class and split of the real CIFAR-10 JPEG archive,
     as a class-folder tree (reads the archive once, writes only what is kept)."""
     with tarfile.open(archive, "r:gz") as tar:
-        for member in tar:
-            parts = member.name.split("/")
-            if member.isfile() and len(parts) == 3 and int(Path(parts[2]).stem) < per_class:
-                target = out / member.name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(tar.extractfile(member).read())
+        for member in _first_per_class(tar, per_class):
+            target = out / member.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(tar.extractfile(member).read())
+
+
+def write_cifar10_subset(archive: Path, target: Path, per_class: dict[str, int]) -> Path:
+    """The first `per_class[split]` JPEGs of each class of each split of the CIFAR-10 JPEG
+    archive, as a .tar.gz of the same layout at `target` (written under a temporary name).
+
+    What reads the first N images per class in file order (lightcnn.data.arrays with
+    max_per_class, load_cifar10_sample) gets the same images from it as from the whole
+    archive, for N up to these counts, without parsing the whole archive's 60,000 member
+    headers (about 2 s per read on the machines here)."""
+    partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    with tarfile.open(archive, "r:gz") as source, tarfile.open(partial, "w:gz", compresslevel=1) as subset:
+        for member in _first_per_class(source, per_class):
+            subset.addfile(member, source.extractfile(member))
+    partial.rename(target)
+    return target
 
 
 class RangeServer:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import os
 import tarfile
 from pathlib import Path
 
@@ -35,20 +34,3 @@ def load_cifar10_sample(archive: Path, split: str, per_class: int,
     names = sorted(wanted, key=lambda name: (int(name[-8:-4]), wanted[name]))
     return np.stack([found[name] for name in names]), np.array([wanted[name] for name in names])
 
-
-def write_cifar10_subset(archive: Path, target: Path, per_class: dict[str, int]) -> Path:
-    """The first `per_class[split]` JPEGs of each class of each split of the CIFAR-10 JPEG
-    archive, as a .tar.gz of the same layout at `target` (written under a temporary name).
-
-    What reads the first N images per class in file order (lightcnn.data.arrays with
-    max_per_class, load_cifar10_sample) gets the same images from it as from the whole
-    archive, for N up to these counts, without parsing the whole archive's 60,000 member
-    headers (about 2 s per read on the machines here)."""
-    partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    with tarfile.open(archive, "r:gz") as source, tarfile.open(partial, "w:gz", compresslevel=1) as subset:
-        for member in source:
-            parts = member.name.removeprefix("./").split("/")
-            if member.isfile() and len(parts) == 3 and int(parts[2].split(".")[0]) < per_class.get(parts[0], 0):
-                subset.addfile(member, source.extractfile(member))
-    partial.rename(target)
-    return target

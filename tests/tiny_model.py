@@ -8,8 +8,9 @@ proportion to its layers; this one has every kind of layer the four models have 
 an inverted residual and a CSP stage, squeeze-and-excitation, ReLU and hard-swish, BatchNorm,
 strides, stochastic depth) in a third of our_small's layers (71 against 220): TensorFlow's
 data-parallel comparison took 27 s here instead of 69 s (AMD EPYC, 2 cores, run alone). The
-four real architectures are trained, saved, exported and counted in test_models.py,
-test_export.py and the end-to-end DVC test.
+four real architectures are built, counted, saved and exported in test_models.py,
+test_model_modes.py and test_export.py (which also trains our_small); the end-to-end DVC test
+runs this network too.
 
 Passed as a table of one's own (`spec=`), as a user's would be, under its registered name.
 """
