@@ -68,6 +68,19 @@ def per_file(junit_xml: Path) -> list[tuple[str, float, int]]:
     return sorted(((name, seconds[name], tests[name]) for name in seconds), key=lambda row: -row[1])
 
 
+def junit_xml_path(pytest_args: list[str], default: Path) -> tuple[Path, list[str]]:
+    """Where pytest will write its JUnit XML, and the arguments that say so: the caller's own
+    --junitxml if given (pytest keeps only the last one: adding ours would silently drop
+    theirs), else `default`, added. A relative path is the project root's, pytest's cwd here."""
+    for index, arg in enumerate(pytest_args):
+        option, _, value = arg.partition("=")
+        if option in ("--junitxml", "--junit-xml"):
+            value = value or (pytest_args[index + 1] if index + 1 < len(pytest_args) else "")
+            if value:
+                return PROJECT_ROOT / value, pytest_args
+    return default, [f"--junitxml={default}", *pytest_args]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target-minutes", type=float, default=15.0)
@@ -76,10 +89,9 @@ def main() -> int:
     print(f"CPU: {cpu_summary()}")
     print(f"probe before: {probe()}", flush=True)
     with tempfile.TemporaryDirectory() as scratch:
-        junit = Path(scratch) / "suite.xml"
+        junit, pytest_args = junit_xml_path(args.pytest_args, Path(scratch) / "suite.xml")
         start = time.perf_counter()
-        result = subprocess.run([sys.executable, "-m", "pytest", "-q", f"--junitxml={junit}", *args.pytest_args],
-                                cwd=PROJECT_ROOT)
+        result = subprocess.run([sys.executable, "-m", "pytest", "-q", *pytest_args], cwd=PROJECT_ROOT)
         wall = time.perf_counter() - start
         files = per_file(junit) if junit.exists() else []
     print(f"probe after: {probe()}")

@@ -69,7 +69,7 @@ def trained_small_model(cifar10_subset):
     model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy")
     model.optimizer.build(model.trainable_variables)  # else its first step creates them: traced twice
     model.fit(train_images, train_labels, batch_size=32, epochs=1, verbose=0)
-    _set_batchnorm_statistics(model, train_images[:1000])
+    _set_batchnorm_statistics(model, train_images[:256])  # as good as 1,000 here, in a third of the time
     variants = convert_variants(model, representative_images=train_images[:100])
     return {
         "variants": variants,

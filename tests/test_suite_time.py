@@ -22,3 +22,18 @@ def test_suite_time_reports_cpu_probe_verdict_and_time_per_file(tmp_path):
     assert re.search(r"^suite: \d+ min \d\d s wall \(pytest exit 0\); OVER the 0-minute target$", output, re.M), output
     (row,) = re.findall(r"^ +(\d+\.\d) s +(\d+) tests +test_latency_record\.py$", output, re.M)
     assert int(row[1]) >= 4 and float(row[0]) > 0, row
+
+
+def test_a_junit_xml_of_the_callers_own_is_the_one_read(tmp_path):
+    """pytest keeps only the last --junitxml: the script reads the caller's, and adds none."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("suite_time", PROJECT_ROOT / "benchmarks" / "suite_time.py")
+    suite_time = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(suite_time)
+    default = tmp_path / "suite.xml"
+    assert suite_time.junit_xml_path(["-x"], default) == (default, [f"--junitxml={default}", "-x"])
+    mine = tmp_path / "mine.xml"
+    for args in ([f"--junitxml={mine}"], ["--junitxml", str(mine), "-x"], [f"--junit-xml={mine}"]):
+        assert suite_time.junit_xml_path(args, default) == (mine, args)
+    assert suite_time.junit_xml_path(["--junitxml=out/suite.xml"], default)[0] == PROJECT_ROOT / "out" / "suite.xml"
