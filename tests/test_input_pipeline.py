@@ -56,6 +56,10 @@ def test_eval_batches_are_the_records_in_file_order(processed):
     assert [b[0].shape[0] for b in dataset.as_numpy_iterator()] == [5, 5, 2]
     assert [b[0].shape[0] for b in make_dataset(processed, "test", 5, training=False, drop_remainder=True)
             .as_numpy_iterator()] == [5, 5]
+    # The length is known before any batch is drawn (the manifest's count): Keras needs no pass to count them.
+    assert int(dataset.cardinality()) == 3
+    assert int(make_dataset(processed, "test", 5, training=False, drop_remainder=True).cardinality()) == 2
+    assert int(make_dataset(processed, "train", 8, training=True, seed=1).cardinality()) == 5  # 36 images
     with pytest.raises(DataError, match="the test split has 12 images, fewer than one batch of 13: lower the batch "
                                         r"size \(train.batch_size\)"):
         make_dataset(processed, "test", 13, training=False, drop_remainder=True)
@@ -145,6 +149,25 @@ def test_stream_is_the_same_with_op_determinism_enabled(processed):
     assert result.returncode == 0, result.stderr[-2000:]
     before, after = result.stdout.split()[-2:]
     assert len(before) == 64 and before == after
+
+
+def test_keras_trains_and_validates_on_it_without_running_out_of_data(processed):
+    """Keras warned "Your input ran out of data" after every validation on a dataset of unknown
+    length (it runs one until TensorFlow raises OutOfRange): the train stage printed it each epoch."""
+    import warnings
+
+    import keras
+
+    inputs = keras.Input((SIZE, SIZE, 3))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inputs)))
+    model.compile("sgd", "categorical_crossentropy", metrics=["accuracy"])
+    train = make_dataset(processed, "train", 8, training=True, seed=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = model.fit(train.repeat(), steps_per_epoch=5, epochs=2, verbose=0,  # 36 images, 8 a batch
+                            validation_data=make_dataset(processed, "val", 4, training=False))
+    assert not [str(w.message) for w in caught if "ran out of data" in str(w.message)]
+    assert len(history.history["val_accuracy"]) == 2
 
 
 def test_bad_requests_are_named(processed, tmp_path):

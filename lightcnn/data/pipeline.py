@@ -167,6 +167,12 @@ def make_dataset(
             augment_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     else:
         dataset = dataset.map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # The length, known from the manifest (a TFRecord dataset's is "unknown"): without it Keras
+    # ran the validation set until it raised OutOfRange and then warned "Your input ran out of
+    # data; interrupting training" after every validation, and counting the training batches
+    # took a pass over the data. TensorFlow checks it as the batches are drawn.
+    batches = num_examples // batch_size if drop_remainder else -(-num_examples // batch_size)
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches))
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
