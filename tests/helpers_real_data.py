@@ -33,4 +33,3 @@ def load_cifar10_sample(archive: Path, split: str, per_class: int,
     # Interleave classes so any prefix of the sample stays roughly balanced.
     names = sorted(wanted, key=lambda name: (int(name[-8:-4]), wanted[name]))
     return np.stack([found[name] for name in names]), np.array([wanted[name] for name in names])
-
