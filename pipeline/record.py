@@ -5,8 +5,9 @@
 Runs after the model's other stages whenever one of their outputs changed. The execution's run
 (opened by train when training ran in this execution, else created here) gets everything it
 does not hold yet: params and per-epoch curves (from train.json and history.csv), test metrics,
-TFLite accuracy and sizes, latency and MACs, the confusion matrix, Grad-CAM and the model, and
-a tag naming the run that trained this exact model file. Then it is ended FINISHED.
+TFLite accuracy and sizes, latency and MACs, the confusion matrix, Grad-CAM and the model (the
+model that the training run logged, named as this run's input, else logged here), and a tag
+naming the run that trained this exact model file. Then it is ended FINISHED.
 """
 from __future__ import annotations
 
@@ -49,9 +50,13 @@ def main(params: StageParams, model: str, seed: int) -> None:
     run.log_artifacts([paths.extras / "confusion.png", paths.extras / "gradcam.png",
                        paths.extras / "per_class_accuracy.json"], "evaluation")
     run.log_artifacts([paths.tflite(v) for v in VARIANTS], "tflite")
-    if run.created:
-        run.log_keras_model(paths.best)
     trained_in = run.run_that_trained(paths.best)
+    if run.created:  # DVC skipped or restored the training: the model may be in MLflow already
+        logged = run.logged_model_of(trained_in) if trained_in else None
+        if logged:
+            run.link_model(logged, paths.best)
+        else:
+            run.log_keras_model(paths.best)
     run.set_tags({tracking.TRAINED_IN_TAG: trained_in or "unknown (trained before tracking, or untracked)"})
     run.finish()
 

@@ -39,6 +39,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.common.tracking import TRAINED_IN_TAG
 from tests.pipeline_project import MlflowServer, make_project, read_json, run
 
 MODEL, SEED = "smoke", 1
@@ -80,6 +81,18 @@ def client_for(server: MlflowServer):
 def all_runs(server: MlflowServer) -> list:
     client = client_for(server)
     return client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
+
+
+def models_logged_in(server: MlflowServer, run_id: str) -> list[str]:
+    """The ids of the models (MLflow LoggedModels) that run `run_id` logged itself."""
+    client = client_for(server)
+    experiment_id = client.get_run(run_id).info.experiment_id
+    return [m.model_id for m in client.search_logged_models([experiment_id], f"source_run_id = '{run_id}'")]
+
+
+def models_named_by(server: MlflowServer, run_id: str) -> list[str]:
+    """The ids of the logged models that run `run_id` names as its inputs."""
+    return [m.model_id for m in client_for(server).get_run(run_id).inputs.model_inputs]
 
 
 def assert_no_run_left_running(server: MlflowServer) -> None:
@@ -189,7 +202,7 @@ def test_one_complete_mlflow_run_per_model_and_seed(project):
         assert key in r.data.metrics, key
     assert len(client.get_metric_history(r.info.run_id, "val_accuracy")) == 1  # one epoch
     assert len(r.data.tags["mlflow.source.git.commit"]) == 40
-    assert r.data.tags["lightcnn.trained_in_run"] == r.info.run_id == trained_in_e2e  # trained in this very run
+    assert r.data.tags[TRAINED_IN_TAG] == r.info.run_id == trained_in_e2e  # trained in this very run
     assert [i.dataset.name for i in r.inputs.dataset_inputs] == ["cifar10"]
     logged = mlflow.search_logged_models(experiment_ids=[experiment.experiment_id],
                                          filter_string=f"source_run_id = '{r.info.run_id}'", output_format="list")
@@ -316,6 +329,9 @@ def test_mlflow_server_stopping_mid_training_then_sigkills_in_export_and_in_benc
     cut_off = [r for r in all_runs(server) if r.data.tags.get("lightcnn.trained") == "true"
                and r.info.run_id not in before]
     assert [r.info.status for r in cut_off] == ["KILLED"], cut_off
+    (completed,) = [r for r in all_runs(server) if r.info.run_id not in before and r.info.run_id != cut_off[0].info.run_id]
+    assert completed.data.tags[TRAINED_IN_TAG].startswith("unknown")  # no tracked run logged that model file
+    assert len(models_logged_in(server, completed.info.run_id)) == 1  # so record logged it itself
     assert_no_run_left_running(server)
 
     before = snapshot(server)
@@ -330,11 +346,15 @@ def test_mlflow_server_stopping_mid_training_then_sigkills_in_export_and_in_benc
     assert {k: after[k] for k in before} == before
     new = set(after) - set(before)
     assert len(new) == 1, new
-    data = client_for(server).get_run(new.pop()).data
+    restored_run = new.pop()
+    data = client_for(server).get_run(restored_run).data
     assert "lightcnn.trained" not in data.tags  # DVC restored train: nothing trained in this execution
     for key in ("test_top1", "tflite.int8.top1", "latency.float32.threads1.median_ms", "val_accuracy"):
         assert key in data.metrics, key
-    assert data.tags["lightcnn.trained_in_run"] == trained_in_e2e  # the run that trained this exact model file
+    assert data.tags[TRAINED_IN_TAG] == trained_in_e2e  # the run that trained this exact model file
+    # ... and the model that run logged, named, not uploaded again
+    assert models_named_by(server, restored_run) == models_logged_in(server, trained_in_e2e) != []
+    assert models_logged_in(server, restored_run) == []
     assert_no_run_left_running(server)
 
 
@@ -365,5 +385,6 @@ def test_parallel_queued_experiments_each_get_their_own_complete_run(project):
     assert sorted(r.data.tags.get("dvc_exp_name", "") for r in new) == ["queued-5", "queued-6"]
     for r in new:
         assert r.info.status == "FINISHED" and "latency.float32.threads1.median_ms" in r.data.metrics
-        assert r.data.tags["lightcnn.trained_in_run"] == trained_in_e2e and r.data.params["train.epochs"] == "1"
+        assert r.data.tags[TRAINED_IN_TAG] == trained_in_e2e and r.data.params["train.epochs"] == "1"
+        assert models_named_by(server, r.info.run_id) == models_logged_in(server, trained_in_e2e) != []
     assert_no_run_left_running(server)

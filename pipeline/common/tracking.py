@@ -9,7 +9,10 @@ stage of one execution finds the same run and no stage of another execution ever
 - evaluate, export and benchmark only write their metrics files (DVC outputs).
 - record, the last stage of each model, writes everything the execution's run does not hold
   yet from those files (a run it creates itself when DVC skipped or restored the training),
-  tags the run that trained the model, and ends the run FINISHED.
+  tags the run that trained the model, and ends the run FINISHED. A run it creates names the
+  model that the training run logged (an MLflow model input: one copy of each model file,
+  whatever the number of executions that evaluate or benchmark it), or logs the model itself
+  when no tracked run logged that file (an untracked training).
 A stage that fails ends its execution's run FAILED, one that is interrupted KILLED; a run left
 RUNNING by a SIGKILLed execution is ended KILLED by the next execution that touches the model.
 Run ids live in MLflow and in files DVC does not track: they are never DVC dependencies.
@@ -326,6 +329,23 @@ class ModelRun:
             with mlflow.start_run(run_id=self.run_id, log_system_metrics=False):
                 mlflow.keras.log_model(model, name=name, pip_requirements=MODEL_REQUIREMENTS, signature=signature)
         self._safely("logging the Keras model", log)
+        self.set_tags({MODEL_DIGEST_TAG: file_sha256(model_path)})
+
+    def logged_model_of(self, run_id: str) -> str | None:
+        """The id of the model (MLflow LoggedModel, ready) that run `run_id` logged, if any."""
+        run = self._safely("reading the run", self.client.get_run, run_id)
+        if run is None:
+            return None
+        found = self._safely("searching logged models", self.client.search_logged_models,
+                             [run.info.experiment_id], f"source_run_id = '{run_id}'")
+        ready = [model for model in found or [] if str(model.status).endswith("READY")]
+        return max(ready, key=lambda model: model.creation_timestamp).model_id if ready else None
+
+    def link_model(self, model_id: str, model_path: Path) -> None:
+        """Name an already logged model as this run's: the model file it holds is `model_path`'s."""
+        from mlflow.entities import LoggedModelInput
+
+        self._safely("linking the model", self.client.log_inputs, self.run_id, models=[LoggedModelInput(model_id)])
         self.set_tags({MODEL_DIGEST_TAG: file_sha256(model_path)})
 
     def holds(self) -> tuple[set[str], set[str]]:
