@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lightcnn import io
+from lightcnn.export import VARIANTS as TFLITE_VARIANTS
 from lightcnn.machine import cpu_facts
 from lightcnn.study import (PUBLISHED_ACCURACY, STUDY_MODELS, STUDY_PROTOCOL, STUDY_RECIPE_SUMMARY,
                             study_dataset_key)
@@ -31,7 +32,6 @@ BEGIN_MARK = "<!-- results-table:begin -->"
 END_MARK = "<!-- results-table:end -->"
 TFLITE_BEGIN_MARK = "<!-- tflite-table:begin -->"
 TFLITE_END_MARK = "<!-- tflite-table:end -->"
-TFLITE_VARIANTS = ("float32", "float16", "int8")  # lightcnn.export.VARIANTS, without importing TensorFlow
 PROVENANCES = ("measured", "transcribed")
 MODES = ("corrected", "faithful")  # lightcnn.models.options.MODEL_MODES, without importing Keras
 METRICS_SUFFIXES = {"train": ".train.json", "eval": ".json", "tflite": ".tflite.json", "latency": ".latency.json"}
