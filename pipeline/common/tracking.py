@@ -333,12 +333,14 @@ class ModelRun:
 
     def logged_model_of(self, run_id: str) -> str | None:
         """The id of the model (MLflow LoggedModel, ready) that run `run_id` logged, if any."""
+        from mlflow.entities import LoggedModelStatus
+
         run = self._safely("reading the run", self.client.get_run, run_id)
         if run is None:
             return None
         found = self._safely("searching logged models", self.client.search_logged_models,
                              [run.info.experiment_id], f"source_run_id = '{run_id}'")
-        ready = [model for model in found or [] if str(model.status).endswith("READY")]
+        ready = [model for model in found or [] if model.status == LoggedModelStatus.READY]
         return max(ready, key=lambda model: model.creation_timestamp).model_id if ready else None
 
     def link_model(self, model_id: str, model_path: Path) -> None:
