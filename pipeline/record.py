@@ -50,11 +50,12 @@ def main(params: StageParams, model: str, seed: int) -> None:
     run.log_artifacts([paths.extras / "confusion.png", paths.extras / "gradcam.png",
                        paths.extras / "per_class_accuracy.json"], "evaluation")
     run.log_artifacts([paths.tflite(v) for v in VARIANTS], "tflite")
-    trained_in = run.run_that_trained(paths.best)
+    model_sha256 = tracking.file_sha256(paths.best)
+    trained_in = run.run_that_trained(model_sha256)
     if run.created:  # DVC skipped or restored the training: the model may be in MLflow already
         logged = run.logged_model_of(trained_in) if trained_in else None
         if logged:
-            run.link_model(logged, paths.best)
+            run.link_model(logged, model_sha256)
         else:
             run.log_keras_model(paths.best)
     run.set_tags({tracking.TRAINED_IN_TAG: trained_in or "unknown (trained before tracking, or untracked)"})

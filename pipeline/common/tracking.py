@@ -192,9 +192,10 @@ def _run_filter(model: str, seed: int) -> str:
 class ModelRun:
     """The MLflow run of one model and seed in this execution. Logging failures only warn."""
 
-    def __init__(self, client, run_id: str, created: bool):
+    def __init__(self, client, run_id: str, experiment_id: str, created: bool):
         self.client = client
         self.run_id = run_id
+        self.experiment_id = experiment_id
         self.created = created  # by this stage (so nothing of earlier stages is in it yet)
         self._warned = False
 
@@ -224,14 +225,14 @@ class ModelRun:
                     client.set_terminated(run.info.run_id, "KILLED")
             if mine is not None:
                 client.update_run(mine.info.run_id, status="RUNNING")
-                return cls(client, mine.info.run_id, created=False)
+                return cls(client, mine.info.run_id, experiment_id, created=False)
             tags = {"mlflow.runName": f"{model} seed {seed}", "model": model, "seed": str(seed),
                     EXECUTION_TAG: execution, "dataset_manifest_sha256": manifest_digest(manifest),
                     **source_tags()}
             run_id = client.create_run(experiment_id, tags=tags).info.run_id
         except Exception as exc:  # noqa: BLE001 - any backend failure means the same to the user
             raise _backend_error(exc) from exc
-        run = cls(client, run_id, created=True)
+        run = cls(client, run_id, experiment_id, created=True)
         run.log_dataset(manifest)
         return run
 
@@ -246,7 +247,7 @@ class ModelRun:
                                       + f" and tags.`{EXECUTION_TAG}` = '{execution_id()}'", max_results=1)
         except Exception:  # noqa: BLE001 - only used on the way out of a failing stage
             return None
-        return cls(client, runs[0].info.run_id, created=False) if runs else None
+        return cls(client, runs[0].info.run_id, runs[0].info.experiment_id, created=False) if runs else None
 
     # -- logging (never fatal) -------------------------------------------------------
     def _safely(self, what: str, fn, *args, **kwargs) -> Any:
@@ -332,23 +333,21 @@ class ModelRun:
         self.set_tags({MODEL_DIGEST_TAG: file_sha256(model_path)})
 
     def logged_model_of(self, run_id: str) -> str | None:
-        """The id of the model (MLflow LoggedModel, ready) that run `run_id` logged, if any."""
+        """The id of the model (MLflow LoggedModel, ready) that run `run_id` of this run's experiment
+        logged, if any."""
         from mlflow.entities import LoggedModelStatus
 
-        run = self._safely("reading the run", self.client.get_run, run_id)
-        if run is None:
-            return None
         found = self._safely("searching logged models", self.client.search_logged_models,
-                             [run.info.experiment_id], f"source_run_id = '{run_id}'")
+                             [self.experiment_id], f"source_run_id = '{run_id}'")
         ready = [model for model in found or [] if model.status == LoggedModelStatus.READY]
         return max(ready, key=lambda model: model.creation_timestamp).model_id if ready else None
 
-    def link_model(self, model_id: str, model_path: Path) -> None:
-        """Name an already logged model as this run's: the model file it holds is `model_path`'s."""
+    def link_model(self, model_id: str, model_sha256: str) -> None:
+        """Name an already logged model as this run's; model_sha256: the digest of the file it holds."""
         from mlflow.entities import LoggedModelInput
 
         self._safely("linking the model", self.client.log_inputs, self.run_id, models=[LoggedModelInput(model_id)])
-        self.set_tags({MODEL_DIGEST_TAG: file_sha256(model_path)})
+        self.set_tags({MODEL_DIGEST_TAG: model_sha256})
 
     def holds(self) -> tuple[set[str], set[str]]:
         """The metric keys and param keys this run already has."""
@@ -357,14 +356,10 @@ class ModelRun:
             return set(), set()
         return set(run.data.metrics), set(run.data.params)
 
-    def run_that_trained(self, model_path: Path) -> str | None:
-        """The id of the run whose training produced this exact model file (by its sha256)."""
-        digest = file_sha256(model_path)
-        run = self._safely("reading the run", self.client.get_run, self.run_id)
-        if run is None:
-            return None
-        found = self._safely("searching runs", self.client.search_runs, [run.info.experiment_id],
-                             f"tags.`{MODEL_DIGEST_TAG}` = '{digest}' and tags.`lightcnn.trained` = 'true'",
+    def run_that_trained(self, model_sha256: str) -> str | None:
+        """The id of the run of this experiment whose training produced the model file with this sha256."""
+        found = self._safely("searching runs", self.client.search_runs, [self.experiment_id],
+                             f"tags.`{MODEL_DIGEST_TAG}` = '{model_sha256}' and tags.`lightcnn.trained` = 'true'",
                              order_by=["attributes.start_time ASC"], max_results=1)
         return found[0].info.run_id if found else None
 
