@@ -13,12 +13,12 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import CIFAR10_JPEG, PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT
 
 # Quick settings, written into the copy's conf/config.yaml (not passed as overrides) so that
 # `dvc exp run -S ...`, which composes params.yaml from conf/ again, keeps them.
 QUICK = {
-    "data": {"source": str(CIFAR10_JPEG), "max_per_class": 12},
+    "data": {"max_per_class": 12},
     "train": {"epochs": 1, "warmup_epochs": 0, "batch_size": 32},
     "export": {"representative_images": 16, "eval_images": 60},
     "benchmark": {"threads": [1], "warmup": 2, "runs": 200},
@@ -33,8 +33,10 @@ def run(cmd: list[str], cwd: Path, env: dict, check: bool = True, timeout: int =
     return proc
 
 
-def make_project(root: Path, *, models: list[str], seeds: list[int], extra_env: dict | None = None) -> dict:
-    """Copy the working tree (tracked + untracked, not ignored) to `root` as a fresh git repo."""
+def make_project(root: Path, *, source: Path, models: list[str], seeds: list[int],
+                 extra_env: dict | None = None) -> dict:
+    """Copy the working tree (tracked + untracked, not ignored) to `root` as a fresh git repo,
+    reading its data from `source` (data.source) with the quick settings above."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=PROJECT_ROOT,
                            capture_output=True, text=True, check=True).stdout.split("\0")
     for name in filter(None, files):
@@ -49,6 +51,7 @@ def make_project(root: Path, *, models: list[str], seeds: list[int], extra_env: 
     conf = yaml.safe_load((root / "conf" / "config.yaml").read_text())
     for section, values in QUICK.items():
         conf[section].update(values)
+    conf["data"]["source"] = str(source)
     conf["train"]["seeds"] = seeds
     conf["defaults"] = [{"model": "quick"}, "_self_"]
     (root / "conf" / "config.yaml").write_text(yaml.safe_dump(conf, sort_keys=False))

@@ -26,7 +26,7 @@ from lightcnn.models import ATTENTIONS, MODEL_MODES
 from lightcnn.training import BackendError, resolve_config, select_backend, train_model
 from lightcnn.training.config import Attention, ModelMode
 from tests.checkpoint_files import checkpoint_arrays
-from tests.conftest import CIFAR10_JPEG, PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT
 from tests.jax_processes import jax_cache, jax_environment  # noqa: F401  (jax_cache: a fixture)
 from tests.tiny_model import TINY_NAME, TINY_SPEC
 
@@ -122,13 +122,13 @@ def test_models_and_training_import_without_tensorflow():
 # ----------------------------------------------------------------------------- in-memory data
 
 
-def test_arrays_hold_the_same_split_as_preprocess(tmp_path, shared_data):
+def test_arrays_hold_the_same_split_as_preprocess(tmp_path, cifar10_subset):
     from lightcnn.data import fetch_dataset, preprocess_dataset, read_examples
 
     raw = tmp_path / "raw"
-    fetch_dataset("cifar10", raw, source=str(CIFAR10_JPEG), progress=False)
+    fetch_dataset("cifar10", raw, source=str(cifar10_subset), progress=False)
     preprocess_dataset(raw, tmp_path / "processed", max_per_class=12, seed=3, workers=1, progress=False)
-    loaded = load_image_arrays(CIFAR10_JPEG, max_per_class=12, seed=3)
+    loaded = load_image_arrays(cifar10_subset, max_per_class=12, seed=3)
     for split in ("val", "test"):  # class order, then file order, in both
         records = list(read_examples(tmp_path / "processed", split))
         assert np.array_equal(loaded[split].images, np.stack([image for image, _, _ in records]))

@@ -309,8 +309,8 @@ def test_folder_without_test_split_is_refused(tmp_path):
         fetch_dataset("folder", tmp_path / "raw", source=tmp_path / "tree", **QUIET)
 
 
-def test_cifar10_class_folders_must_have_the_official_class_names(shared_data, tmp_path):
-    extract_real_cifar_subset(CIFAR10_JPEG, tmp_path / "tree", per_class=1)
+def test_cifar10_class_folders_must_have_the_official_class_names(cifar10_subset, tmp_path):
+    extract_real_cifar_subset(cifar10_subset, tmp_path / "tree", per_class=1)
     (tmp_path / "tree/train/airplane").rename(tmp_path / "tree/train/plane")
     with pytest.raises(DataError, match="needs the folders airplane, automobile"):
         fetch_dataset("cifar10", tmp_path / "raw", source=tmp_path / "tree", **QUIET)

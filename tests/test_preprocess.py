@@ -18,7 +18,7 @@ from PIL import Image
 from lightcnn.data import DataError, fetch_dataset, preprocess_dataset
 from lightcnn.data.pipeline import read_examples
 from lightcnn.data.preprocess import choose_native_size
-from tests.conftest import CIFAR10_JPEG, PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT
 from tests.data_helpers import build_class_tree, extract_real_cifar_subset, write_image
 
 QUIET = dict(progress=False)
@@ -167,8 +167,8 @@ def test_max_per_class_keeps_the_first_files_and_num_classes_the_first_classes(t
     assert paths == {f"train/{c}/{i:03d}.png" for c in "ab" for i in range(4)}
 
 
-def test_two_runs_give_byte_identical_shards_whatever_the_worker_count(shared_data, tmp_path):
-    extract_real_cifar_subset(CIFAR10_JPEG, tmp_path / "tree", per_class=25)
+def test_two_runs_give_byte_identical_shards_whatever_the_worker_count(cifar10_subset, tmp_path):
+    extract_real_cifar_subset(cifar10_subset, tmp_path / "tree", per_class=25)
     fetch_dataset("cifar10", tmp_path / "raw", source=tmp_path / "tree", **QUIET)
     first = preprocess_dataset(tmp_path / "raw", tmp_path / "one", workers=1, examples_per_shard=150, **QUIET)
     second = preprocess_dataset(tmp_path / "raw", tmp_path / "two", workers=2, examples_per_shard=150, **QUIET)
@@ -277,8 +277,8 @@ def test_the_native_size_rule():
     assert size == (224, 224) and reason.startswith("no image header could be read")
 
 
-def test_real_cifar_jpegs_as_a_folder_dataset_stay_32x32(shared_data, tmp_path):
-    extract_real_cifar_subset(CIFAR10_JPEG, tmp_path / "tree", per_class=2)
+def test_real_cifar_jpegs_as_a_folder_dataset_stay_32x32(cifar10_subset, tmp_path):
+    extract_real_cifar_subset(cifar10_subset, tmp_path / "tree", per_class=2)
     fetch_dataset("folder", tmp_path / "raw", source=tmp_path / "tree", **QUIET)
     manifest = preprocess_dataset(tmp_path / "raw", tmp_path / "processed", **QUIET)
     assert manifest["image_size"] == [32, 32] and manifest["image_size_reason"] == "all 40 images are 32x32"

@@ -27,7 +27,7 @@ from lightcnn.training import (
     seed_everything, train_model,
 )
 from tests.checkpoint_files import checkpoint_arrays
-from tests.conftest import CIFAR10_JPEG, PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT
 from tests.tiny_model import TINY_NAME, TINY_SPEC
 
 # ----------------------------------------------------------------------------- recipes
@@ -116,11 +116,12 @@ TRAIN_PER_CLASS, VAL_PER_CLASS = 8, 2
 
 
 @functools.lru_cache(maxsize=None)
-def cifar10_images(split: str, per_class: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first `per_class` images of each class of a split, as (uint8 images, labels)."""
+def cifar10_images(archive: Path, split: str, per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first `per_class` images of each class of a split of a CIFAR-10 JPEG archive (the
+    session's subset of the shared one: conftest.cifar10_subset), as (uint8 images, labels)."""
     images, labels = [], []
     counts = dict.fromkeys(CLASS_NAMES, 0)
-    with tarfile.open(CIFAR10_JPEG, "r:gz") as tar:
+    with tarfile.open(archive, "r:gz") as tar:
         for member in tar:
             parts = member.name.split("/")
             if len(parts) != 3 or parts[0] != split or not member.isfile() or counts[parts[1]] >= per_class:
@@ -133,14 +134,14 @@ def cifar10_images(split: str, per_class: int) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(images), np.array(labels)
 
 
-def make_datasets(seed: int = 0) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+def make_datasets(archive: Path, seed: int = 0) -> tuple[tf.data.Dataset, tf.data.Dataset]:
     """Fresh train/val datasets like lightcnn.data's: a seeded shuffle with a new order each
     pass and random flips keyed by a per-batch random stream, also new on each pass."""
     def as_inputs(images, labels):
         return images.astype(np.float32) / 255.0, np.eye(len(CLASS_NAMES), dtype=np.float32)[labels]
 
-    train_images, train_labels = as_inputs(*cifar10_images("train", TRAIN_PER_CLASS))
-    val_images, val_labels = as_inputs(*cifar10_images("test", VAL_PER_CLASS))
+    train_images, train_labels = as_inputs(*cifar10_images(archive, "train", TRAIN_PER_CLASS))
+    val_images, val_labels = as_inputs(*cifar10_images(archive, "test", VAL_PER_CLASS))
 
     def flip_some(batch, key):
         images, labels = batch
@@ -171,10 +172,10 @@ class EpochLog(keras.callbacks.Callback):
         self.weights.append(self.model.get_weights())
 
 
-def run(out_dir: Path, config=CONFIG, callbacks=()) -> dict:
+def run(out_dir: Path, archive: Path, config=CONFIG, callbacks=()) -> dict:
     """What a pipeline stage does: seed, build the datasets, train."""
     seed_everything(config)
-    train, val = make_datasets(config.seed)
+    train, val = make_datasets(archive, config.seed)
     return train_model(TINY_NAME, len(CLASS_NAMES), INPUT_SHAPE, train, val, config, out_dir, callbacks=callbacks,
                        verbose=0, spec=TINY_SPEC)
 
@@ -205,17 +206,17 @@ class KillAfterFirstEpoch(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         os.kill(os.getpid(), signal.SIGKILL)
 
-run({out_dir!r}, callbacks=[KillAfterFirstEpoch()])
+run({out_dir!r}, {archive!r}, callbacks=[KillAfterFirstEpoch()])
 """
 
 
 @pytest.fixture(scope="module")
-def child_killed_after_epoch_1(tmp_path_factory, shared_data):
+def child_killed_after_epoch_1(tmp_path_factory, cifar10_subset):
     """A training process that SIGKILLs itself right after its first epoch, started early
     so that it runs beside the in-process training: (process, its out_dir)."""
     out_dir = tmp_path_factory.mktemp("killed")
     script = out_dir.parent / "train_then_die.py"
-    script.write_text(CHILD_SCRIPT.format(root=str(PROJECT_ROOT), out_dir=str(out_dir)))
+    script.write_text(CHILD_SCRIPT.format(root=str(PROJECT_ROOT), out_dir=str(out_dir), archive=str(cifar10_subset)))
     log = out_dir.parent / "train_then_die.log"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     with open(log, "w") as log_file:
@@ -228,10 +229,10 @@ def child_killed_after_epoch_1(tmp_path_factory, shared_data):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, child_killed_after_epoch_1):
+def uninterrupted(tmp_path_factory, child_killed_after_epoch_1, cifar10_subset):
     out_dir = tmp_path_factory.mktemp("uninterrupted")
     epoch_log = EpochLog()
-    summary = run(out_dir, callbacks=[epoch_log])
+    summary = run(out_dir, cifar10_subset, callbacks=[epoch_log])
     return out_dir, summary, epoch_log
 
 
@@ -280,13 +281,13 @@ def test_train_model_writes_best_model_history_and_checkpoint(uninterrupted):
         assert same == (epoch == summary["best_epoch"]), epoch
 
 
-def test_batch_norm_statistics_carry_no_weight_of_their_initial_values(uninterrupted):
+def test_batch_norm_statistics_carry_no_weight_of_their_initial_values(uninterrupted, cifar10_subset):
     """After 8 steps Keras' moving variance still holds 0.99**8 = 92% of its initial 1.0, while
     the stem's true variance is about 1e-3 (the study's small kernels): corrected, the saved
     model's statistics are those of the images (lightcnn/training/batchnorm.py)."""
     out_dir, _, _ = uninterrupted
     model = load_model(out_dir / "best.keras")
-    images = cifar10_images("train", TRAIN_PER_CLASS)[0].astype(np.float32) / 255.0
+    images = cifar10_images(cifar10_subset, "train", TRAIN_PER_CLASS)[0].astype(np.float32) / 255.0
     stem = model.get_layer("stem_conv_bn")
     stem_output = keras.ops.convert_to_numpy(keras.Model(model.input, stem.input)(images))
     true_variance = stem_output.var(axis=(0, 1, 2))
@@ -296,14 +297,14 @@ def test_batch_norm_statistics_carry_no_weight_of_their_initial_values(uninterru
     assert 1 / 3 < ratio < 3, f"moving variance {ratio:.1f} times the images' (uncorrected: about 1000)"
 
 
-def test_same_seed_and_data_give_identical_runs(uninterrupted, tmp_path, capsys):
+def test_same_seed_and_data_give_identical_runs(uninterrupted, tmp_path, capsys, cifar10_subset):
     """The second run goes into a copy of the first one's out_dir: a finished run's
     checkpoint is not resumed, training starts again and ends identically."""
     first_dir, first_summary, _ = uninterrupted
     second_dir = tmp_path / "run"
     shutil.copytree(first_dir, second_dir)
     assert checkpoint_epoch(second_dir, CONFIG) == 0  # finished: nothing to resume
-    second_summary = run(second_dir)
+    second_summary = run(second_dir, cifar10_subset)
     assert "is from a finished run: training again from scratch" in capsys.readouterr().out
     assert second_summary["resumed_from_epoch"] == 0
     assert without_timing(read_history(second_dir)) == without_timing(read_history(first_dir))
@@ -312,7 +313,7 @@ def test_same_seed_and_data_give_identical_runs(uninterrupted, tmp_path, capsys)
 
 
 def test_killed_run_resumes_from_its_last_epoch_and_ends_as_an_uninterrupted_run(
-        uninterrupted, killed_after_epoch_1, tmp_path):
+        uninterrupted, killed_after_epoch_1, tmp_path, cifar10_subset):
     out_dir = tmp_path / "run"
     shutil.copytree(killed_after_epoch_1, out_dir)
     history_before = read_history(out_dir)
@@ -324,7 +325,7 @@ def test_killed_run_resumes_from_its_last_epoch_and_ends_as_an_uninterrupted_run
     (out_dir / "history.csv").unlink()
 
     epoch_log = EpochLog()
-    summary = run(out_dir, callbacks=[epoch_log])
+    summary = run(out_dir, cifar10_subset, callbacks=[epoch_log])
     assert summary["resumed_from_epoch"] == 1 and summary["epochs_run"] == 2
     assert epoch_log.epochs == [1]  # only the second epoch was trained
     history = read_history(out_dir)
@@ -350,7 +351,7 @@ class StopBeforeTheFirstStep(keras.callbacks.Callback):
         raise self.Stopped
 
 
-def test_checkpoint_of_other_settings_is_not_resumed(killed_after_epoch_1, tmp_path, capsys):
+def test_checkpoint_of_other_settings_is_not_resumed(killed_after_epoch_1, tmp_path, capsys, cifar10_subset):
     """The checkpoint (and the outputs) of other settings are discarded and fit starts at epoch
     0. The run is stopped there: what a fresh start trains is the uninterrupted run's path,
     tested above, and a whole second training would only repeat it."""
@@ -360,7 +361,7 @@ def test_checkpoint_of_other_settings_is_not_resumed(killed_after_epoch_1, tmp_p
     changed = resolve_config("default", epochs=1, batch_size=20, warmup_epochs=0.5, seed=1)
     stop = StopBeforeTheFirstStep()
     with pytest.raises(StopBeforeTheFirstStep.Stopped):
-        run(out_dir, changed, callbacks=[stop])
+        run(out_dir, cifar10_subset, changed, callbacks=[stop])
 
     assert "is from other settings (epochs: 2 -> 1; seed: 0 -> 1): training from scratch" in capsys.readouterr().out
     assert stop.first_epoch == 0
@@ -370,14 +371,14 @@ def test_checkpoint_of_other_settings_is_not_resumed(killed_after_epoch_1, tmp_p
     assert not list(out_dir.glob("checkpoint/*.weights.h5")) and not list(out_dir.glob("checkpoint/*.keras"))
 
 
-def test_checkpoint_of_another_table_is_not_resumed(killed_after_epoch_1, tmp_path, capsys):
+def test_checkpoint_of_another_table_is_not_resumed(killed_after_epoch_1, tmp_path, capsys, cifar10_subset):
     """The same settings on a network of another table (one more filter in the top conv row)."""
     out_dir = tmp_path / "run"
     shutil.copytree(killed_after_epoch_1, out_dir)
     *rows, top = TINY_SPEC.rows
     other = dataclasses.replace(TINY_SPEC, rows=(*rows, dataclasses.replace(top, filters=top.filters + 1)))
     seed_everything(CONFIG)
-    train, val = make_datasets(CONFIG.seed)
+    train, val = make_datasets(cifar10_subset, CONFIG.seed)
     with pytest.raises(StopBeforeTheFirstStep.Stopped):
         train_model(TINY_NAME, len(CLASS_NAMES), INPUT_SHAPE, train, val, CONFIG, out_dir,
                     callbacks=[StopBeforeTheFirstStep()], verbose=0, spec=other)
