@@ -20,8 +20,10 @@ def main(params: StageParams, model_name: str, seed: int) -> None:
     threads, warmup, runs = params["benchmark.threads"], params["benchmark.warmup"], params["benchmark.runs"]
     results: dict = {"cpu": cpu_info()}
     for variant in VARIANTS:
-        results[variant] = {str(t): latency(paths.tflite(variant), threads=t, warmup=warmup, runs=runs)
-                            for t in threads}
+        results[variant] = {}
+        for count in threads:
+            stage.say(params, f"timing {variant} on {count} thread(s): {warmup} warm-up and {runs} timed runs")
+            results[variant][str(count)] = latency(paths.tflite(variant), threads=count, warmup=warmup, runs=runs)
     io.write_json(paths.latency_metrics, results)
 
 

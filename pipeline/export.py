@@ -38,10 +38,14 @@ def main(params: StageParams, model_name: str, seed: int) -> None:
     results = {"keras_top1": float(np.mean(keras_probs.argmax(axis=1) == test_labels)),
                "eval_images": int(len(test_labels)), "representative_images": int(len(calibration)),
                "int8_recipe": dataclasses.asdict(recipe)}
+    stage.say(params, f"converting to TFLite: {', '.join(VARIANTS)} (int8 calibrated on {len(calibration)} "
+                      "training images)")
     for variant, tflite_bytes in convert_variants(model, VARIANTS, calibration, int8_recipe=recipe).items():
         io.write_bytes(paths.tflite(variant), tflite_bytes)
         measured = evaluate_tflite(TFLiteModel(tflite_bytes), test_images, test_labels, reference_probs=keras_probs)
         results[variant] = {"size_bytes": len(tflite_bytes), **measured}
+        stage.say(params, f"{variant}: {len(tflite_bytes):,} bytes, top-1 {measured['top1']:.4f} on "
+                          f"{measured['num_images']} test images")
     io.write_json(paths.tflite_metrics, results)
 
 

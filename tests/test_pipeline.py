@@ -110,9 +110,10 @@ def snapshot(server: MlflowServer) -> dict:
             for r in all_runs(server)}
 
 
-def repro_killed_at(stage_prefix: str, root: Path, env: dict, after_seconds: float = 4.0,
-                    on_stage: dict | None = None) -> str:
-    """Start `dvc repro`, SIGKILL its whole process group a few seconds into `stage_prefix`.
+def repro_killed_at(progress: str, root: Path, env: dict, on_stage: dict | None = None) -> str:
+    """Start `dvc repro`, SIGKILL its whole process group as soon as a stage prints a progress
+    line starting with `progress` (pipeline.common.stage.say): the stage is then in the middle
+    of its work on any machine, where a fixed delay would land after the end on a fast one.
 
     on_stage: {stage prefix: callable} to call when that stage starts, earlier in the same
     execution. Returns what `dvc repro` printed.
@@ -126,8 +127,7 @@ def repro_killed_at(stage_prefix: str, root: Path, env: dict, after_seconds: flo
             for prefix, action in (on_stage or {}).items():
                 if line.startswith(f"Running stage '{prefix}"):
                     action()
-            if line.startswith(f"Running stage '{stage_prefix}"):
-                time.sleep(after_seconds)
+            if line.startswith(progress):
                 os.killpg(proc.pid, signal.SIGKILL)
                 break
         proc.wait(timeout=120)
@@ -135,7 +135,7 @@ def repro_killed_at(stage_prefix: str, root: Path, env: dict, after_seconds: flo
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     text = "".join(seen)
-    assert any(line.startswith(f"Running stage '{stage_prefix}") for line in seen), text[-3000:]
+    assert any(line.startswith(progress) for line in seen), text[-3000:]
     return text
 
 
@@ -287,9 +287,11 @@ def test_mlflow_server_stopping_mid_training_then_sigkills_in_export_and_in_benc
     follows it) from its run cache: the run of that execution names the run that trained the
     model. Every earlier run is left as it was.
 
-    The benchmark stage takes under 2 s at the quick settings, so the execution killed in it
-    times 20,000 runs per variant (about 10 s each on the machines here): the kill lands inside
-    it. The executions after it are back at the quick settings."""
+    Each kill comes when the stage says it has begun the work that writes its results: export
+    when it starts converting (before any file is written), benchmark when it starts timing the
+    first variant. That execution times 20,000 runs per variant (about 2.3 s each here; the
+    quick settings' 200 could end before the signal on a fast machine); the executions after
+    it are back at the quick settings."""
     root, env, server, trained_in_e2e, first_train_json = project
     metrics, paths = metrics_dir(root), model_dir(root)
     before = snapshot(server)
@@ -301,14 +303,15 @@ def test_mlflow_server_stopping_mid_training_then_sigkills_in_export_and_in_benc
             time.sleep(0.5)
         server.stop()
 
-    printed = repro_killed_at("export@", root, env, on_stage={"train@": stop_server_once_training_has_opened_its_run})
+    printed = repro_killed_at(f"export@{MODEL}-{SEED}: converting", root, env,
+                              on_stage={"train@": stop_server_once_training_has_opened_its_run})
     assert "continuing untracked" in printed, printed[-3000:]  # training went on and said so
     assert not (metrics / "tflite.json").exists()  # killed before export wrote its results
     retrained = read_json(metrics / "train.json")  # training finished and wrote its results untracked
     assert retrained["epochs_run"] == 1 and retrained["config"]["learning_rate"] == 0.01, retrained["config"]
     assert (metrics / "train.json").read_text() != first_train_json
 
-    printed = repro_killed_at("benchmark@", root, env, after_seconds=2.0)
+    printed = repro_killed_at(f"benchmark@{MODEL}-{SEED}: timing", root, env)
     assert f"Running stage 'export@{MODEL}-{SEED}'" in printed, printed[-3000:]  # export rerun after its kill
     assert (metrics / "tflite.json").exists() and not (metrics / "latency.json").exists()  # killed in benchmark
 

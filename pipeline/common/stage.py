@@ -49,6 +49,12 @@ def _exit_on_user_error(exc: BaseException) -> None:
         sys.exit(2)
 
 
+def say(params: StageParams, message: str) -> None:
+    """One line of progress on stdout, flushed at once so that `dvc repro` shows it as it
+    happens: `<stage name>: <message>`."""
+    print(f"{params.stage}: {message}", flush=True)
+
+
 def check_params_first(*, per_model: bool = False) -> None:
     """Validate the command line and params.yaml before a stage's slow imports (Keras and
     TensorFlow: seconds), so that a mistake is reported at once; run() validates again."""
