@@ -90,6 +90,8 @@ def main(params: StageParams, model: str, seed: int) -> None:
                         **tracking.flatten("data", manifest.get("params", {})),
                         "data.num_classes_effective": manifest["num_classes"]})
     run.set_tags({"lightcnn.trained": "true", "keras_backend": config.backend})
+    stage.say(params, f"{'resuming' if resuming else 'starting'} {config.epochs} epoch(s) of training, recorded in "
+                      f"MLflow run {run.run_id}")
 
     logger = EpochLogger(run)
     summary = train_model(model, manifest["num_classes"], input_shape, train_ds, val_ds, config, paths.dir,

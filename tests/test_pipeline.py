@@ -110,12 +110,12 @@ def snapshot(server: MlflowServer) -> dict:
             for r in all_runs(server)}
 
 
-def repro_killed_at(progress: str, root: Path, env: dict, on_stage: dict | None = None) -> str:
+def repro_killed_at(progress: str, root: Path, env: dict, on_line: dict | None = None) -> str:
     """Start `dvc repro`, SIGKILL its whole process group as soon as a stage prints a progress
     line starting with `progress` (pipeline.common.stage.say): the stage is then in the middle
     of its work on any machine, where a fixed delay would land after the end on a fast one.
 
-    on_stage: {stage prefix: callable} to call when that stage starts, earlier in the same
+    on_line: {line prefix: callable} to call when such a line is printed, earlier in the same
     execution. Returns what `dvc repro` printed.
     """
     proc = subprocess.Popen(["dvc", "repro"], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -124,8 +124,8 @@ def repro_killed_at(progress: str, root: Path, env: dict, on_stage: dict | None 
     try:
         for line in proc.stdout:
             seen.append(line)
-            for prefix, action in (on_stage or {}).items():
-                if line.startswith(f"Running stage '{prefix}"):
+            for prefix, action in (on_line or {}).items():
+                if line.startswith(prefix):
                     action()
             if line.startswith(progress):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -297,14 +297,9 @@ def test_mlflow_server_stopping_mid_training_then_sigkills_in_export_and_in_benc
     before = snapshot(server)
     set_param(root, env, NEW_LEARNING_RATE, "benchmark.runs=20000")  # this execution trains again
 
-    def stop_server_once_training_has_opened_its_run():
-        deadline = time.time() + 120
-        while not any(r.info.status == "RUNNING" for r in all_runs(server)) and time.time() < deadline:
-            time.sleep(0.5)
-        server.stop()
-
+    # The server stops once training has opened its run and says so, before its first epoch.
     printed = repro_killed_at(f"export@{MODEL}-{SEED}: converting", root, env,
-                              on_stage={"train@": stop_server_once_training_has_opened_its_run})
+                              on_line={f"train@{MODEL}-{SEED}: starting": server.stop})
     assert "continuing untracked" in printed, printed[-3000:]  # training went on and said so
     assert not (metrics / "tflite.json").exists()  # killed before export wrote its results
     retrained = read_json(metrics / "train.json")  # training finished and wrote its results untracked
