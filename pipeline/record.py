@@ -57,7 +57,7 @@ def main(params: StageParams, model: str, seed: int) -> None:
         if logged:
             run.link_model(logged, model_sha256)
         else:
-            run.log_keras_model(paths.best)
+            run.log_keras_model(paths.best, model_sha256=model_sha256)
     run.set_tags({tracking.TRAINED_IN_TAG: trained_in or "unknown (trained before tracking, or untracked)"})
     run.finish()
 

@@ -315,7 +315,9 @@ class ModelRun:
         inputs = [DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])]
         self._safely("logging the dataset", self.client.log_inputs, self.run_id, datasets=inputs)
 
-    def log_keras_model(self, model_path: Path, name: str = "model") -> None:
+    def log_keras_model(self, model_path: Path, name: str = "model", model_sha256: str | None = None) -> None:
+        """Log the Keras model file as this run's MLflow model and tag its sha256 (model_sha256:
+        the digest when the caller has it already)."""
         import mlflow
         import numpy as np
         from mlflow.models import infer_signature
@@ -330,7 +332,7 @@ class ModelRun:
             with mlflow.start_run(run_id=self.run_id, log_system_metrics=False):
                 mlflow.keras.log_model(model, name=name, pip_requirements=MODEL_REQUIREMENTS, signature=signature)
         self._safely("logging the Keras model", log)
-        self.set_tags({MODEL_DIGEST_TAG: file_sha256(model_path)})
+        self.set_tags({MODEL_DIGEST_TAG: model_sha256 or file_sha256(model_path)})
 
     def logged_model_of(self, run_id: str) -> str | None:
         """The id of the model (MLflow LoggedModel, ready) that run `run_id` of this run's experiment
