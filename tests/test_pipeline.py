@@ -139,6 +139,32 @@ def repro_killed_at(progress: str, root: Path, env: dict, on_line: dict | None =
     return text
 
 
+def stop_queue_workers(root: Path, env: dict, grace_s: float = 30.0) -> None:
+    """`dvc queue stop`, then SIGTERM any queue worker of this project still alive after `grace_s`.
+
+    A worker can outlive its queue: once (2026-11-27) dvc-task's monitor decided to shut a
+    worker down ("shutting down due to empty queue") while that worker's task was still
+    running; the task succeeded, the worker never exited and ignored `dvc queue stop`, and a
+    SIGTERM ended it (a warm shutdown). The workers are those DVC records as not yet exited
+    (.dvc/tmp/exps/celery/dvc-exp-worker-N.json), checked to be queue workers before the signal."""
+    run(["dvc", "queue", "stop"], root, env, check=False)
+    records = (root / ".dvc" / "tmp" / "exps" / "celery").glob("dvc-exp-worker-*.json")
+    alive = [info["pid"] for info in map(read_json, records) if info.get("returncode") is None]
+    deadline = time.time() + grace_s
+    while alive and time.time() < deadline:
+        time.sleep(0.5)
+        alive = [pid for pid in alive if _is_queue_worker(pid)]
+    for pid in alive:
+        os.kill(pid, signal.SIGTERM)
+
+
+def _is_queue_worker(pid: int) -> bool:
+    try:
+        return b"queue-worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # exited (or no /proc: nothing to check it against, so no signal either)
+        return False
+
+
 def set_param(root: Path, env: dict, *overrides: str) -> None:
     run([sys.executable, "-m", "pipeline.compose", *overrides], root, env)
 
@@ -373,13 +399,20 @@ def test_parallel_queued_experiments_each_get_their_own_complete_run(project):
     before = snapshot(server)
     for warmup in (5, 6):
         run(["dvc", "exp", "run", "--queue", "-n", f"queued-{warmup}", "-S", f"benchmark.warmup={warmup}"], root, env)
-    run(["dvc", "queue", "start", "-j", "2"], root, env)
-    deadline = time.time() + 900
-    while time.time() < deadline:
-        status = run(["dvc", "queue", "status"], root, env).stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(3)
+    start_log = root.parent / "queue-start.log"
+    try:
+        with open(start_log, "w") as log:  # not a pipe: the workers it spawns would hold it open
+            started = subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=root, env=env, stdout=log,
+                                     stderr=subprocess.STDOUT, timeout=120)
+        assert started.returncode == 0, start_log.read_text()
+        deadline = time.time() + 900
+        while time.time() < deadline:
+            status = run(["dvc", "queue", "status"], root, env).stdout
+            if "Queued" not in status and "Running" not in status:
+                break
+            time.sleep(3)
+    finally:
+        stop_queue_workers(root, env)
     assert "Failed" not in status, status + run(["dvc", "queue", "logs", "queued-5"], root, env, check=False).stdout
     after = snapshot(server)
     assert {k: after[k] for k in before} == before
