@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -23,22 +21,9 @@ import time
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
+from lightcnn.machine import describe_cpu
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_summary() -> str:
-    """Model name, logical cores and AVX-512 / AVX2, from /proc/cpuinfo (Linux) or platform."""
-    model, flags = platform.processor() or "unknown CPU", set()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    isa = "AVX-512" if "avx512f" in flags else "AVX2, no AVX-512" if "avx2" in flags else "no AVX2"
-    return f"{model}, {os.cpu_count()} logical cores, {isa}"
 
 
 def probe() -> str:
@@ -86,7 +71,7 @@ def main() -> int:
     parser.add_argument("--target-minutes", type=float, default=15.0)
     parser.add_argument("pytest_args", nargs="*", help="after --: passed on to pytest")
     args = parser.parse_args()
-    print(f"CPU: {cpu_summary()}")
+    print(f"CPU: {describe_cpu()}")
     print(f"probe before: {probe()}", flush=True)
     with tempfile.TemporaryDirectory() as scratch:
         junit, pytest_args = junit_xml_path(args.pytest_args, Path(scratch) / "suite.xml")

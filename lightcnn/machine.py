@@ -35,3 +35,15 @@ def cpu_facts(extensions: Sequence[str]) -> dict:
     model_name, flags = read_cpuinfo()
     return {"model_name": model_name, "logical_cores": os.cpu_count() or 0,
             "vector_extensions": None if flags is None else [ext for ext in extensions if ext in flags]}
+
+
+def describe_cpu() -> str:
+    """One line for a log beside a figure: "<model>, <n> logical cores, <AVX-512 | AVX2, no
+    AVX-512 | no AVX2>" (the instruction sets that split this project's machines about 3x);
+    "flags unknown" where /proc/cpuinfo cannot be read."""
+    model_name, flags = read_cpuinfo()
+    if flags is None:
+        isa = "flags unknown"
+    else:
+        isa = "AVX-512" if "avx512f" in flags else "AVX2, no AVX-512" if "avx2" in flags else "no AVX2"
+    return f"{model_name}, {os.cpu_count() or 0} logical cores, {isa}"

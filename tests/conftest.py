@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,31 @@ def pytest_collection_modifyitems(session, config, items):
         return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
 
     items.sort(key=rank)  # stable: file order and test order within a file are kept
+
+
+# The suite's goal (the issues': on 2 cores without AVX-512); benchmarks/suite_time.py checks it
+# with probes of the machine's speed. Here every run's log just names its CPU beside its time.
+SUITE_GOAL_MINUTES = 15
+_session_start = time.monotonic()
+
+
+def pytest_sessionstart(session):
+    global _session_start
+    _session_start = time.monotonic()
+
+
+def pytest_report_header(config):
+    from lightcnn.machine import describe_cpu
+
+    return f"cpu: {describe_cpu()}"
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if hasattr(config, "workerinput"):  # an xdist worker: the controller reports
+        return
+    from lightcnn.machine import describe_cpu
+
+    minutes, seconds = divmod(round(time.monotonic() - _session_start), 60)
+    terminalreporter.write_line(f"suite time: {minutes} min {seconds:02d} s wall on {describe_cpu()} (the goal: "
+                                f"under {SUITE_GOAL_MINUTES} min on 2 cores without AVX-512; "
+                                "`python benchmarks/suite_time.py` checks it)")

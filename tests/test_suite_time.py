@@ -37,3 +37,19 @@ def test_a_junit_xml_of_the_callers_own_is_the_one_read(tmp_path):
     for args in ([f"--junitxml={mine}"], ["--junitxml", str(mine), "-x"], [f"--junit-xml={mine}"]):
         assert suite_time.junit_xml_path(args, default) == (mine, args)
     assert suite_time.junit_xml_path(["--junitxml=out/suite.xml"], default)[0] == PROJECT_ROOT / "out" / "suite.xml"
+
+
+def test_every_run_of_the_suite_names_its_cpu_beside_its_time(tmp_path):
+    """The README's test command (plain `pytest`, two xdist workers) prints the CPU in its header
+    and once, from the controller, the wall time on that CPU: a CI log is a figure with its
+    machine, whatever machine CI ran on."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "tests/test_latency_record.py", "-p", "no:cacheprovider",
+         f"--basetemp={tmp_path / 'inner'}"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    output = result.stdout
+    assert result.returncode == 0, output[-3000:] + result.stderr[-3000:]
+    cpu = r".+, \d+ logical cores, (AVX-512|AVX2, no AVX-512|no AVX2|flags unknown)"
+    assert re.search(rf"^cpu: {cpu}$", output, re.M), output[:3000]
+    summaries = re.findall(rf"^suite time: \d+ min \d\d s wall on {cpu} \(the goal: under 15 min", output, re.M)
+    assert len(summaries) == 1, output[-3000:]  # the controller's only, not one per worker
