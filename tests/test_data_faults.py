@@ -106,7 +106,7 @@ def test_a_full_disk_during_preprocess_is_a_clear_error_and_leaves_nothing_behin
 @pytest.fixture(scope="module")
 def processed(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
-    build_class_tree(root / "tree", {"ant": 12, "bee": 12}, test_per_class=3, size=8)
+    build_class_tree(root / "tree", {"ant": 12, "bee": 12}, test_per_class=3, size=16)
     fetch_dataset("folder", root / "raw", source=root / "tree", **QUIET)
     preprocess_dataset(root / "raw", root / "processed", examples_per_shard=6, **QUIET)
     return root / "processed"

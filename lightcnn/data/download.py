@@ -8,8 +8,10 @@ anything is written, and never kept under the file's name.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import itertools
+import lzma
 import os
 import posixpath
 import shutil
@@ -18,9 +20,12 @@ import tarfile
 import tempfile
 import time
 import zipfile
+import zlib
+from collections import Counter
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import requests
 from tqdm import tqdm
@@ -204,14 +209,20 @@ def extract_archive(archive: str | os.PathLike, target_dir: str | os.PathLike) -
     """
     archive, target_dir = Path(archive), Path(target_dir)
     target_dir.mkdir(parents=True, exist_ok=True)
-    if zipfile.is_zipfile(archive):
+    kind = archive_kind(archive)
+    with reading_archive(archive):
+        _extract(archive, kind, target_dir)
+
+
+def _extract(archive: Path, kind: str, target_dir: Path) -> None:
+    if kind == "zip":
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
                 check_member_path(info.filename, archive)
                 if stat.S_ISLNK(info.external_attr >> 16):
                     raise DataError(f"archive {archive} has a symbolic link {info.filename!r}; refusing to extract it")
             zf.extractall(target_dir)
-    elif tarfile.is_tarfile(archive):
+    else:
         with tarfile.open(archive, "r:*") as tf:
             members = tf.getmembers()
             for member in members:
@@ -221,9 +232,45 @@ def extract_archive(archive: str | os.PathLike, target_dir: str | os.PathLike) -
                 tf.extractall(target_dir, members=members, filter="data")
             except tarfile.FilterError as e:
                 raise DataError(f"archive {archive}: refusing to extract {e}") from e
-    else:
-        raise DataError(f"{archive} is neither a tar nor a zip archive; "
-                        "give a .tar.gz, .tar or .zip file or a directory")
+
+
+# What reading a truncated or corrupt archive raises (gzip: EOFError or BadGzipFile; bz2:
+# OSError "Invalid data stream", not caught here: too broad).
+ARCHIVE_READ_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error, lzma.LZMAError, tarfile.TarError,
+                       zipfile.BadZipFile)
+
+
+@contextmanager
+def reading_archive(archive: Path) -> Iterator[None]:
+    """Turns an archive that breaks off or is corrupt while being read into a DataError naming it."""
+    try:
+        yield
+    except ARCHIVE_READ_ERRORS as e:
+        if isinstance(e, tarfile.FilterError):
+            raise
+        raise DataError(f"archive {archive} is damaged: reading it failed with {type(e).__name__}: {e}. It is "
+                        "truncated (an interrupted download or copy?) or corrupt; download or copy it again") from e
+
+
+def archive_kind(archive: str | os.PathLike) -> str:
+    """"zip" or "tar" (plain or compressed); DataError saying what the file seems to be otherwise."""
+    archive = Path(archive)
+    if zipfile.is_zipfile(archive):
+        return "zip"
+    try:
+        if tarfile.is_tarfile(archive):
+            return "tar"
+    except ARCHIVE_READ_ERRORS:
+        pass  # a compressed stream that breaks off before the first tar header
+    with open(archive, "rb") as f:
+        head = f.read(6)
+    if head.startswith(b"PK"):
+        raise DataError(f"{archive} starts like a zip archive but its directory (at the end of the file) is "
+                        "missing or damaged: the file is truncated or corrupt; download or copy it again")
+    if head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ")):
+        raise DataError(f"{archive} is compressed (gzip, bzip2 or xz) but holds no readable tar archive: it is "
+                        "truncated or corrupt, or not a tar inside; download or copy it again")
+    raise DataError(f"{archive} is neither a tar nor a zip archive; give a .tar.gz, .tar or .zip file or a directory")
 
 
 def check_member_path(name: str, archive: Path) -> str:
@@ -259,44 +306,110 @@ def _check_tar_member(member: tarfile.TarInfo, archive: Path) -> None:
 # --------------------------------------------------------------------------- reading archives in place
 
 
-def list_archive(archive: str | os.PathLike) -> list[str]:
-    """The regular files ("a/b.jpg") and folders ("a/") of a tar or zip archive, names
-    normalised; DataError for a name that points outside the archive (absolute, '..')."""
+MAX_LINK_HOPS = 8  # a link to a link to ...: further is a loop
+
+
+@dataclass
+class ArchiveIndex:
+    """What a tar or zip archive holds, by normalised member name.
+
+    entries: its regular files ("a/b.jpg"), folders ("a/") and links, in archive order;
+    links: each link whose chain ends at a regular file -> that file's name (tar hard links and
+        symbolic links, zip symbolic links: the copy of a file that `tar` or `zip` stored as a link);
+    broken_links: each other link -> why it cannot be read.
+    """
+
+    entries: list[str] = field(default_factory=list)
+    links: dict[str, str] = field(default_factory=dict)
+    broken_links: dict[str, str] = field(default_factory=dict)
+
+
+def scan_archive(archive: str | os.PathLike) -> ArchiveIndex:
+    """List a tar or zip archive without extracting it; DataError for a name that points outside
+    the archive (absolute, '..'), and for an archive that is not one or is damaged."""
     archive = Path(archive)
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            return [check_member_path(info.filename, archive) + ("/" if info.is_dir() else "")
-                    for info in zf.infolist() if not stat.S_ISLNK(info.external_attr >> 16)]
-    if tarfile.is_tarfile(archive):
-        with tarfile.open(archive, "r:*") as tf:
-            return [check_member_path(member.name, archive) + ("/" if member.isdir() else "")
-                    for member in tf if member.isfile() or member.isdir()]
-    raise DataError(f"{archive} is neither a tar nor a zip archive; give a .tar.gz, .tar or .zip file or a directory")
+    kind = archive_kind(archive)
+    index, files, targets = ArchiveIndex(), set(), {}
+    with reading_archive(archive):
+        if kind == "zip":
+            with zipfile.ZipFile(archive) as zf:
+                for info in zf.infolist():
+                    name = check_member_path(info.filename, archive)
+                    if stat.S_ISLNK(info.external_attr >> 16):  # a zip stores a link's target as its content
+                        targets[name] = _link_target(name, zf.read(info).decode("utf-8", "replace"))
+                    elif not info.is_dir():
+                        files.add(name)
+                    index.entries.append(name + ("/" if info.is_dir() else ""))
+        else:
+            with tarfile.open(archive, "r:*") as tf:
+                for member in tf:
+                    name = check_member_path(member.name, archive)
+                    if member.islnk():  # a hard link's target is an archive path
+                        targets[name] = posixpath.normpath(member.linkname.replace("\\", "/"))
+                    elif member.issym():
+                        targets[name] = _link_target(name, member.linkname)
+                    elif member.isfile():
+                        files.add(name)
+                    elif not member.isdir():
+                        continue  # devices, fifos: no part of a dataset
+                    index.entries.append(name + ("/" if member.isdir() else ""))
+    for name, target in targets.items():
+        for _ in range(MAX_LINK_HOPS):
+            if target not in targets:
+                break
+            target = targets[target]
+        if target in files:
+            index.links[name] = target
+        elif target in targets:
+            index.broken_links[name] = "a link in the archive that leads through too many links (a loop?)"
+        else:
+            index.broken_links[name] = (f"a link in the archive to {target!r}, which is not a file in it "
+                                        "(a folder, or missing)")
+    return index
+
+
+def _link_target(name: str, link: str) -> str:
+    """The archive name a symbolic link at `name` points to (relative to its folder)."""
+    link = link.replace("\\", "/")
+    return posixpath.normpath(link.lstrip("/") if link.startswith("/") else posixpath.join(posixpath.dirname(name), link))
+
+
+def list_archive(archive: str | os.PathLike) -> list[str]:
+    """The regular files ("a/b.jpg"), folders ("a/") and links of a tar or zip archive, names
+    normalised (see scan_archive)."""
+    return scan_archive(archive).entries
 
 
 class ArchiveReader:
     """Reads regular files of a tar or zip archive by (normalised) name, without extracting.
 
     A zip is read on demand. A compressed tar can only be read front to back, so the
-    `wanted` files are read into memory in one pass when the reader opens.
+    `wanted` files are read into memory in one pass when the reader opens; each is kept
+    until it was read as many times as `wanted` names it (several links may share a file).
     """
 
-    def __init__(self, archive: str | os.PathLike, wanted: set[str]):
+    def __init__(self, archive: str | os.PathLike, wanted: Iterable[str]):
         archive = Path(archive)
-        self.zip, self.loaded = None, {}
-        if zipfile.is_zipfile(archive):
-            self.zip = zipfile.ZipFile(archive)
-            self.zip_names = {check_member_path(info.filename, archive): info for info in self.zip.infolist()}
-        else:
-            with tarfile.open(archive, "r:*") as tf:
-                for member in tf:
-                    name = check_member_path(member.name, archive)
-                    if member.isfile() and name in wanted:
-                        self.loaded[name] = tf.extractfile(member).read()
+        self.archive, self.zip, self.loaded = archive, None, {}
+        self.remaining = Counter(wanted)
+        with reading_archive(archive):
+            if archive_kind(archive) == "zip":
+                self.zip = zipfile.ZipFile(archive)
+                self.zip_names = {check_member_path(info.filename, archive): info for info in self.zip.infolist()}
+            else:
+                with tarfile.open(archive, "r:*") as tf:
+                    for member in tf:
+                        name = check_member_path(member.name, archive)
+                        if member.isfile() and name in self.remaining:
+                            self.loaded[name] = tf.extractfile(member).read()
 
     def read(self, name: str) -> bytes:
-        """The file's bytes (a tar file can be read once)."""
-        return self.zip.read(self.zip_names[name]) if self.zip else self.loaded.pop(name)
+        """The file's bytes (a tar file can be read as many times as it was wanted)."""
+        if self.zip:
+            with reading_archive(self.archive):
+                return self.zip.read(self.zip_names[name])
+        self.remaining[name] -= 1
+        return self.loaded[name] if self.remaining[name] > 0 else self.loaded.pop(name)
 
     def close(self) -> None:
         if self.zip:

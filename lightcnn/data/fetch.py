@@ -6,10 +6,13 @@ The raw directory holds one of three layouts, named by `format` in its `fetch_in
   `cifar-100-python/`), with the sha256 of each pickle so preprocess can check them again
   before loading them;
 - "class-folder-archive": a .tar(.gz)/.zip archive holding `train/<class>/*`,
-  `test/<class>/*` and optionally `valid/<class>/*` (or `val/`), possibly inside one top
+  `test/<class>/*` and optionally `valid/<class>/*` (or `val/`, `validation/`; split folder
+  names in any letter case), possibly inside one top
   folder (`root`), copied as it is: preprocess reads it in place, so no tens of thousands
   of small files are written (and tracked by DVC);
-- "class-folders": the same split folders, copied from a directory.
+- "class-folders": the same split folders, copied from a directory (symbolic links followed:
+  a dataset may be a folder of links; a dangling link or one that loops back to a folder
+  above it is not copied, and listed in `skipped`).
 
 `fetch_info.json` also records the dataset and where it came from, as a `source` record
 (see `source_record`): a local copy or a download, its path or URL, the sha256 of what was
@@ -41,17 +44,18 @@ from lightcnn.data.download import (
     download_file,
     extract_archive,
     file_digest,
-    list_archive,
     remove_tree,
+    scan_archive,
     staged_dir,
 )
 
 DATASETS = ("cifar10", "cifar100", "birds", "folder")
 FETCH_INFO = "fetch_info.json"
 
-# Folder names of the splits in a class-folder dataset; "valid" is the Kaggle birds name.
+# Folder names of the splits in a class-folder dataset, matched in any letter case ("Train/");
+# "valid" is the Kaggle birds name.
 TRAIN_FOLDER, TEST_FOLDER = "train", "test"
-VAL_FOLDERS = ("valid", "val")
+VAL_FOLDERS = ("valid", "val", "validation")
 
 
 @dataclass(frozen=True)
@@ -306,13 +310,14 @@ def source_record(resolved: ResolvedSource, used: Path, info: dict) -> dict:
 
 
 def directory_digest(top: str | os.PathLike) -> str:
-    """sha256 over a directory's files: each relative path (sorted, "/"-separated) and its
-    contents' sha256; the same for the same files wherever the directory is."""
+    """sha256 over a directory's files (symbolic links followed, as fetch copies them): each
+    relative path (sorted, "/"-separated) and its contents' sha256; the same for the same files
+    wherever the directory is."""
     top = Path(top)
     digest = hashlib.sha256()
-    for path in sorted(p for p in top.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(top).as_posix().encode() + b"\0")
-        digest.update(bytes.fromhex(file_digest(path, "sha256")))
+    for entry in sorted(entry for entry in walk_directory(top)[0] if not entry.endswith("/")):
+        digest.update(entry.encode() + b"\0")
+        digest.update(bytes.fromhex(file_digest(top / entry, "sha256")))
     return digest.hexdigest()
 
 
@@ -440,20 +445,38 @@ def _check_cifar_classes(classes: list[str], spec: CifarArchive, source: Path) -
 def _lay_out_class_folders(source: Path, out: Path, info: dict) -> list[str]:
     """Put a class-folder dataset into `out` (an archive as it is, a directory's split
     folders as copies) and return its class names."""
-    entries = _list_directory(source) if source.is_dir() else list_archive(source)
-    root, split_folders = find_split_folders(entries, str(source))
     if source.is_dir():
-        for folder in split_folders.values():
-            shutil.copytree(source / root / folder, out / folder)
+        entries, unfollowed = walk_directory(source)
+    else:
+        index = scan_archive(source)
+        entries, unfollowed = index.entries, []
+    root, split_folders = find_split_folders(entries, str(source))
+    in_splits = {folder + "/" for folder in split_folders.values()}
+    if source.is_dir():
+        for entry in entries:
+            inside = entry[len(root):]
+            if entry.startswith(root) and any(inside.startswith(folder) for folder in in_splits):
+                if entry.endswith("/"):
+                    (out / inside).mkdir(parents=True, exist_ok=True)
+                else:
+                    shutil.copyfile(source / entry, out / inside)  # follows a link: the file itself
         info.update(format="class-folders", split_folders=split_folders)
     else:
         shutil.copyfile(source, out / source.name)
         info.update(format="class-folder-archive", archive=source.name, root=root, split_folders=split_folders)
     inside = [entry[len(root):] for entry in entries if entry.startswith(root)]
+    info["skipped"] = [{"path": path[len(root):], "reason": reason} for path, reason in unfollowed
+                       if path.startswith(root) and any(path[len(root):].startswith(f) for f in in_splits)]
+    info["ignored_folders"] = sorted({entry.split("/")[0] + "/" for entry in inside if "/" in entry
+                                      and entry.split("/")[0] + "/" not in in_splits and not _hidden(entry)})
+    for folder in info["ignored_folders"]:
+        print(f"ignoring {root}{folder}: not a split folder (train/, test/, or one of "
+              f"{', '.join(name + '/' for name in VAL_FOLDERS)} for validation)", flush=True)
     info["image_format"] = _image_format(inside, split_folders)
     names = list_class_names(inside, split_folders)
     if not names:
-        raise DataError(f"{source}: {root}train/ has no class folders; expected train/<class>/<image files>")
+        raise DataError(f"{source}: {root}{split_folders['train']}/ has no class folders; expected "
+                        "train/<class>/<image files>")
     return names
 
 
@@ -470,9 +493,30 @@ def _image_format(entries: list[str], split_folders: dict[str, str]) -> str | No
     return min(kinds, key=lambda kind: (-kinds[kind], kind)) if kinds else None
 
 
-def _list_directory(top: Path) -> list[str]:
-    """Files ("a/b.jpg") and folders ("a/") under `top`, named as list_archive names them."""
-    return sorted(p.relative_to(top).as_posix() + ("/" if p.is_dir() else "") for p in top.rglob("*"))
+def walk_directory(top: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """Files ("a/b.jpg") and folders ("a/") under `top`, named as archive listings name them,
+    following symbolic links (a dataset may be a folder of links); and the links that cannot be
+    followed, with why: a dangling one, or one to a folder above it (a loop)."""
+    entries: list[str] = []
+    unfollowed: list[tuple[str, str]] = []
+
+    def visit(folder: Path, prefix: str, ancestors: frozenset[str]) -> None:
+        for child in sorted(folder.iterdir(), key=lambda path: path.name):
+            name = prefix + child.name
+            if child.is_symlink() and not child.exists():
+                unfollowed.append((name, f"a symbolic link to {os.readlink(child)}, which does not exist"))
+            elif child.is_dir():
+                real = os.path.realpath(child)
+                if real in ancestors:
+                    unfollowed.append((name + "/", "a symbolic link to a folder above it (a loop): not followed"))
+                    continue
+                entries.append(name + "/")
+                visit(child, name + "/", ancestors | {real})
+            elif child.is_file():
+                entries.append(name)
+
+    visit(top, "", frozenset({os.path.realpath(top)}))
+    return entries, unfollowed
 
 
 def _hidden(entry: str) -> bool:
@@ -489,7 +533,7 @@ def find_split_folders(entries: list[str], what: str) -> tuple[str, dict[str, st
     for entry in visible:
         parts = entry.split("/")
         for depth in range(min(len(parts) - 1, 4)):  # train/ at most 3 folders down
-            if parts[depth] == TRAIN_FOLDER:
+            if parts[depth].lower() == TRAIN_FOLDER:
                 roots.add("".join(part + "/" for part in parts[:depth]))
                 break
     if not roots:
@@ -502,32 +546,67 @@ def find_split_folders(entries: list[str], what: str) -> tuple[str, dict[str, st
         raise DataError(f"{what} has several train/ folders (in {', '.join(shallowest)}); "
                         "point the source at the one to use")
     root = shallowest[0]
-    folders = {entry[len(root):].split("/")[0] for entry in visible if entry.startswith(root)
-               and "/" in entry[len(root):]}
-    if TEST_FOLDER not in folders:
-        raise DataError(f"{what} has {root}train/ but no test/ folder beside it: a class-folder dataset needs "
-                        "train/<class>/* and test/<class>/* (valid/<class>/* is optional); make a test split")
-    val_folders = [name for name in VAL_FOLDERS if name in folders]
+    folders = sorted({entry[len(root):].split("/")[0] for entry in visible if entry.startswith(root)
+                      and "/" in entry[len(root):]})
+
+    def named(*names: str) -> list[str]:  # the folders with one of these names, in any letter case
+        return [folder for folder in folders if folder.lower() in names]
+
+    for split, names in (("train", (TRAIN_FOLDER,)), ("test", (TEST_FOLDER,))):
+        if len(named(*names)) > 1:
+            raise DataError(f"{what} has {' and '.join(f'{root}{f}/' for f in named(*names))}: folder names "
+                            f"differing only in letter case; keep one {split} folder")
+    if not named(TEST_FOLDER):
+        raise DataError(f"{what} has {root}{named(TRAIN_FOLDER)[0]}/ but no test/ folder beside it: a class-folder "
+                        "dataset needs train/<class>/* and test/<class>/* (valid/<class>/* is optional); make a "
+                        "test split")
+    val_folders = named(*VAL_FOLDERS)
     if len(val_folders) > 1:
-        raise DataError(f"{what} has both {' and '.join(val_folders)} folders; keep one validation folder")
-    split_folders = {"train": TRAIN_FOLDER, "test": TEST_FOLDER}
+        raise DataError(f"{what} has {' and '.join(f + '/' for f in val_folders)} folders; keep one validation "
+                        "folder")
+    split_folders = {"train": named(TRAIN_FOLDER)[0], "test": named(TEST_FOLDER)[0]}
     if val_folders:
         split_folders["val"] = val_folders[0]
     return root, split_folders
 
 
-def class_folder_entries(raw_dir: str | os.PathLike, info: dict) -> list[str]:
-    """The visible files and folders of a fetched class-folder dataset's split folders,
-    relative to the dataset root ("train/cat/1.jpg", "train/cat/"), sorted."""
+@dataclass(frozen=True)
+class ClassFolderListing:
+    """A fetched class-folder dataset's split folders, relative to the dataset root.
+
+    entries: visible files and folders ("train/cat/1.jpg", "train/cat/"), sorted;
+    links: archive links among them -> the file each stands for (read that one);
+    broken_links: archive links that stand for no file -> why;
+    hidden_files: how many hidden files (.DS_Store, ._*) the split folders hold (not part of the data).
+    """
+
+    entries: list[str]
+    links: dict[str, str]
+    broken_links: dict[str, str]
+    hidden_files: int
+
+
+def class_folder_listing(raw_dir: str | os.PathLike, info: dict) -> ClassFolderListing:
+    """List a fetched class-folder dataset (see ClassFolderListing)."""
     raw_dir = Path(raw_dir)
+    links, broken = {}, {}
     if info["format"] == "class-folder-archive":
         root = info["root"]
-        entries = [entry[len(root):] for entry in list_archive(raw_dir / info["archive"]) if entry.startswith(root)]
+        index = scan_archive(raw_dir / info["archive"])
+        entries = [entry[len(root):] for entry in index.entries if entry.startswith(root)]
+        for link, target in index.links.items():
+            if link.startswith(root):
+                if target.startswith(root):
+                    links[link[len(root):]] = target[len(root):]
+                else:
+                    broken[link[len(root):]] = f"a link in the archive to {target!r}, outside the dataset folder"
+        broken.update({link[len(root):]: why for link, why in index.broken_links.items() if link.startswith(root)})
     else:
-        entries = _list_directory(raw_dir)
+        entries = walk_directory(raw_dir)[0]
     folders = set(info["split_folders"].values())
-    return sorted(entry for entry in entries
-                  if "/" in entry and entry.split("/")[0] in folders and not _hidden(entry))
+    in_splits = [entry for entry in entries if "/" in entry and entry.split("/")[0] in folders]
+    return ClassFolderListing(sorted(entry for entry in in_splits if not _hidden(entry)), links, broken,
+                              sum(1 for entry in in_splits if _hidden(entry) and not entry.endswith("/")))
 
 
 def list_class_names(entries: list[str], split_folders: dict[str, str]) -> list[str]:

@@ -27,6 +27,7 @@ import pickle
 import sys
 import tarfile
 import types
+import unicodedata
 import warnings
 import zipfile
 from collections import Counter
@@ -38,17 +39,19 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from lightcnn.data.download import (
     ArchiveReader,
     DataError,
+    archive_kind,
     check_member_path,
     file_digest,
+    reading_archive,
     staged_dir,
 )
-from lightcnn.data.fetch import class_folder_entries, list_class_names, read_fetch_info
+from lightcnn.data.fetch import class_folder_listing, list_class_names, read_fetch_info
 
 MANIFEST = "manifest.json"
 MANIFEST_KEYS = ("class_names", "num_classes", "image_size", "counts", "splits", "sha256", "skipped")
@@ -57,6 +60,9 @@ DEFAULT_IMAGE_SIZE = {"cifar10": 32, "cifar100": 32, "birds": 224, "folder": 224
 DEFAULT_SIZE_REASON = {"cifar10": "CIFAR native 32x32", "cifar100": "CIFAR native 32x32",
                        "birds": "the bird study's 224x224"}
 MAX_NATIVE_SIDE = 512  # a folder dataset of larger images (photos) is resized to the default instead
+# Smaller than this on a side, a folder dataset is not trained at its own size unless data.image_size
+# says so: the networks halve the image five times (32x32 ends as 1x1), so 3x3 would be noise.
+MIN_NATIVE_SIDE = 16
 
 PNG_COMPRESS_LEVEL = 1  # 2-3x faster than the default 6 on 224x224 photos, for 1-3% larger files
 SHARD_PIXEL_BYTES = 64 << 20  # default shard size in decoded pixels: ~21,800 CIFAR images, ~445 at 224x224
@@ -82,6 +88,12 @@ class _Image:
     path: str  # in the dataset ("train/cat/1.jpg"), or a CIFAR pickle row; stored in the record
     label: int
     pixels: np.ndarray | None = None  # CIFAR arrays; files are read when encoded
+    read_from: str | None = None  # for a link in an archive: the file it stands for
+
+    @property
+    def file(self) -> str:
+        """The dataset file holding this image's bytes."""
+        return self.read_from or self.path
 
 
 def preprocess_dataset(
@@ -131,7 +143,12 @@ def preprocess_dataset(
         class_names, by_split, extra = _read_cifar(raw_dir, info)
         ignored: list[dict] = []
     else:
-        class_names, by_split, ignored = _list_class_folders(raw_dir, info)
+        class_names, by_split, ignored, extra = _list_class_folders(raw_dir, info)
+    if num_classes is not None and num_classes < 2 or len(class_names) < 2:
+        found = f"{len(class_names)} class ({', '.join(class_names)})" if len(class_names) < 2 else \
+            f"num_classes={num_classes}"
+        raise DataError(f"a classifier needs at least 2 classes; {found}: it would score 100% by predicting "
+                        "the one class. Add class folders (train/<class>/) or raise data.num_classes")
 
     if num_classes is not None:
         if num_classes > len(class_names):
@@ -144,10 +161,20 @@ def preprocess_dataset(
                            for split, per_class in by_split.items()})
     if max_per_class is not None:
         by_split = {split: [images[:max_per_class] for images in per_class] for split, per_class in by_split.items()}
+    if info["format"] != "cifar-python":
+        # Files with no readable image header (not images, empty, cut short in the header) are
+        # left out before validation images are drawn, so they cannot take a class's place there.
+        sizes, unusable = _read_image_headers(raw_dir, info, by_split)
+        ignored += [{"split": split, "class": class_names[image.label], "path": image.path,
+                     "reason": unusable[image.path]} for split, per_class in by_split.items()
+                    for images in per_class for image in images if image.path in unusable]
+        by_split = {split: [[image for image in images if image.path not in unusable] for images in per_class]
+                    for split, per_class in by_split.items()}
+        _check_no_empty_class({split: {name: len(images) for name, images in zip(class_names, per_class)}
+                               for split, per_class in by_split.items()}, ignored)
     if image_size is None:
         if info["dataset"] == "folder":
-            used = {image.path for per_class in by_split.values() for images in per_class for image in images}
-            (height, width), size_reason = choose_native_size(*_read_image_sizes(raw_dir, info, used))
+            (height, width), size_reason = choose_native_size(sizes, len(unusable))
         else:
             height, width = _image_size(DEFAULT_IMAGE_SIZE[info["dataset"]])
             size_reason = DEFAULT_SIZE_REASON[info["dataset"]]
@@ -223,6 +250,7 @@ def choose_native_size(sizes: Counter, unreadable: int = 0) -> tuple[tuple[int, 
       to the larger area (less detail lost), then the taller, then the wider size.
     - Larger than MAX_NATIVE_SIDE (512) on a side, or no readable header: the default
       224x224, since full-size photos would not fit a training batch in memory.
+    - Smaller than MIN_NATIVE_SIDE (16) on a side: DataError asking for data.image_size.
     """
     default = DEFAULT_IMAGE_SIZE["folder"]
     total = sum(sizes.values())
@@ -239,41 +267,77 @@ def choose_native_size(sizes: Counter, unreadable: int = 0) -> tuple[tuple[int, 
     if max(height, width) > MAX_NATIVE_SIDE:
         return (default, default), (f"{reason}, larger than {MAX_NATIVE_SIDE} px on a side: resized to the "
                                     f"default {default}x{default} (set data.image_size to choose)")
+    if min(height, width) < MIN_NATIVE_SIDE:
+        raise DataError(f"the images are too small to train at their own size ({reason}): under "
+                        f"{MIN_NATIVE_SIDE} px on a side, and the networks halve the image five times. Set "
+                        "data.image_size (e.g. 32) to upscale them, or add larger images")
     return (height, width), reason
 
 
-def _read_image_sizes(raw_dir: Path, info: dict, paths: set[str]) -> tuple[Counter, int]:
-    """{(height, width): count} of the image files `paths` (dataset paths), read from their
-    headers without decoding pixels, and the number of files with no readable header."""
+def _read_image_headers(raw_dir: Path, info: dict, by_split: dict) -> tuple[Counter, dict[str, str]]:
+    """Open every image file of `by_split` ({split: [[_Image] per class]}) by its header alone
+    (no pixels decoded): {(height, width) as displayed (EXIF rotation applied): count} over the
+    readable ones, and {path: why} for those that cannot be images (the reasons encode_image gives)."""
+    by_file: dict[str, list[str]] = {}
+    for per_class in by_split.values():
+        for images in per_class:
+            for image in images:
+                by_file.setdefault(image.file, []).append(image.path)
     sizes: Counter = Counter()
-    unreadable = 0
+    unusable: dict[str, str] = {}
 
-    def measure(stream) -> None:
-        nonlocal unreadable
+    def measure(file: str, stream) -> None:
         try:
             with Image.open(stream) as image:  # reads the header only
-                sizes[image.size[1], image.size[0]] += 1
-        except Exception:  # not an image, or damaged: encoding skips it later, with the reason
-            unreadable += 1
+                width, height = image.size
+                if image.getexif().get(ORIENTATION_TAG) in ROTATED_ORIENTATIONS:
+                    width, height = height, width
+            for _ in by_file[file]:
+                sizes[height, width] += 1
+        except Exception as e:  # noqa: BLE001 - any failure means "not usable", with its reason
+            for path in by_file[file]:
+                unusable[path] = unreadable_reason(e)
 
     if info["format"] == "class-folder-archive":
         root, archive = info["root"], raw_dir / info["archive"]
-        wanted = {root + path for path in paths}
-        if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as zf:
-                for member in zf.infolist():
-                    if check_member_path(member.filename, archive) in wanted:
-                        with zf.open(member) as stream:
-                            measure(stream)
-        else:
-            with tarfile.open(archive, "r:*") as tf:  # one pass: a compressed tar reads front to back
-                for member in tf:
-                    if member.isfile() and check_member_path(member.name, archive) in wanted:
-                        measure(tf.extractfile(member))
+        wanted = {root + file: file for file in by_file}
+        with reading_archive(archive):
+            if archive_kind(archive) == "zip":
+                with zipfile.ZipFile(archive) as zf:
+                    for member in zf.infolist():
+                        name = check_member_path(member.filename, archive)
+                        if name in wanted:
+                            with zf.open(member) as stream:
+                                measure(wanted[name], stream)
+            else:
+                with tarfile.open(archive, "r:*") as tf:  # one pass: a compressed tar reads front to back
+                    for member in tf:
+                        name = check_member_path(member.name, archive)
+                        if member.isfile() and name in wanted:
+                            measure(wanted[name], tf.extractfile(member))
     else:
-        for path in sorted(paths):
-            measure(raw_dir / path)
-    return sizes, unreadable
+        for file in sorted(by_file):
+            measure(file, raw_dir / file)
+    return sizes, unusable
+
+
+ORIENTATION_TAG = 0x0112  # EXIF orientation; 5-8 turn the image a quarter: width and height swap
+ROTATED_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def unreadable_reason(error: Exception) -> str:
+    """Why an image file was skipped, from what opening or decoding it raised."""
+    if isinstance(error, UnidentifiedImageError):
+        return "not an image (Pillow cannot identify the file format)"
+    if isinstance(error, UnsupportedPixels):
+        return str(error)
+    if "truncated" in str(error).lower():
+        return f"truncated image ({error})"
+    return f"cannot decode the image ({type(error).__name__}: {error})"
+
+
+class UnsupportedPixels(ValueError):
+    """An image whose pixel values have no standard range (floating point)."""
 
 
 DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
@@ -340,20 +404,33 @@ def _split_train_val(per_class: list[list[_Image]], val_fraction: float, rng: np
 # --------------------------------------------------------------------------- reading raw data
 
 
-def _list_class_folders(raw_dir: Path, info: dict) -> tuple[list[str], dict, list[dict]]:
-    """Class names (train/ folder names, sorted), the image files of each split and class
-    (sorted by path), and the files that are in no class folder."""
+def _list_class_folders(raw_dir: Path, info: dict) -> tuple[list[str], dict, list[dict], dict]:
+    """Class names (train/ folder names, sorted, in Unicode NFC), the image files of each split
+    and class (sorted by path), what is left out and why (files in no class folder, links that
+    stand for no file, what fetch could not follow, folders that are no split), and manifest
+    extras."""
     folders = info["split_folders"]
-    entries = class_folder_entries(raw_dir, info)
-    names = list_class_names(entries, folders)
-    if not names:
+    listing = class_folder_listing(raw_dir, info)
+    folder_names = list_class_names(listing.entries, folders)
+    if not folder_names:
         raise DataError(f"the {folders['train']}/ folder in {raw_dir} has no class folders: "
                         "expected train/<class>/<image files>")
+    # Class names are compared in NFC: macOS writes "café" decomposed (NFD), most tools composed,
+    # and a dataset put together on both would otherwise have two classes that print alike.
+    names = sorted({unicodedata.normalize("NFC", name) for name in folder_names})
+    if len(names) < len(folder_names):
+        twins = sorted(name for name in folder_names if sum(unicodedata.normalize("NFC", other) ==
+                                                             unicodedata.normalize("NFC", name) for other in folder_names) > 1)
+        raise DataError(f"the {folders['train']}/ folder has class folders whose names differ only in their Unicode "
+                        f"form ({', '.join(map(ascii, twins))}): they print alike; merge or rename them")
     label_of = {name: label for label, name in enumerate(names)}
     split_of = {folder: split for split, folder in folders.items()}
     by_split = {split: [[] for _ in names] for split in folders}
-    ignored = []
-    for entry in entries:
+    ignored = [{"split": None, "class": None, "path": folder, "reason": "a folder beside the split folders (train/, "
+                "test/, valid/, val/ or validation/): not read"} for folder in info.get("ignored_folders", [])]
+    ignored += [{"split": split_of.get(entry["path"].split("/")[0]), "class": None, **entry}
+                for entry in info.get("skipped", [])]
+    for entry in listing.entries:
         folder, _, inside = entry.partition("/")
         if not inside:
             continue  # the split folder itself
@@ -361,25 +438,36 @@ def _list_class_folders(raw_dir: Path, info: dict) -> tuple[list[str], dict, lis
             ignored.append({"split": split_of[folder], "class": None, "path": entry,
                             "reason": "not inside a class folder"})
             continue
-        class_name, _, file_name = inside.partition("/")
+        folder_name, _, file_name = inside.partition("/")
+        class_name = unicodedata.normalize("NFC", folder_name)
         if class_name not in label_of:
-            raise DataError(f"class folder {folder}/{class_name} has no counterpart in {folders['train']}/: "
-                            "every class in test/ and valid/ must also be in train/ (check its spelling)")
-        if file_name and not entry.endswith("/"):  # a file in the class folder (or below it)
-            by_split[split_of[folder]][label_of[class_name]].append(_Image(entry, label_of[class_name]))
-    return names, by_split, ignored
+            raise DataError(f"class folder {folder}/{folder_name} has no counterpart in {folders['train']}/: "
+                            "every class in test/ and valid/ must also be in train/ (check its spelling; class "
+                            f"names are compared exactly, letter case included; {folders['train']}/ has "
+                            f"{', '.join(names[:10])}{', ...' if len(names) > 10 else ''})")
+        if not file_name or entry.endswith("/"):
+            continue
+        if entry in listing.broken_links:
+            ignored.append({"split": split_of[folder], "class": class_name, "path": entry,
+                            "reason": listing.broken_links[entry]})
+            continue
+        # a file in the class folder or in a folder below it: that class
+        by_split[split_of[folder]][label_of[class_name]].append(
+            _Image(entry, label_of[class_name], read_from=listing.links.get(entry)))
+    return names, by_split, ignored, {"hidden_files_ignored": listing.hidden_files}
 
 
 @contextmanager
-def _image_file_reader(raw_dir: Path, info: dict, paths: set[str]) -> Iterator[Callable[[str], bytes]]:
-    """A function that returns the bytes of an image file, given its path in the dataset."""
+def _image_file_reader(raw_dir: Path, info: dict, paths: list[str]) -> Iterator[Callable[[str], bytes]]:
+    """A function that returns the bytes of an image file, given its path in the dataset; `paths`
+    lists each file as many times as it will be read."""
     def failed(path: str, error: Exception) -> DataError:
         return DataError(f"cannot read {path} from {raw_dir} ({type(error).__name__}: {error}); the raw data is "
                          "damaged: run the fetch stage again")
 
     if info["format"] == "class-folder-archive":
         root = info["root"]
-        archive = ArchiveReader(raw_dir / info["archive"], {root + path for path in paths})
+        archive = ArchiveReader(raw_dir / info["archive"], [root + path for path in paths])
 
         def read(path: str) -> bytes:
             try:
@@ -493,27 +581,29 @@ def encode_image(task: tuple[bytes | np.ndarray, tuple[int, int]]) -> tuple[byte
         else:
             with Image.open(io.BytesIO(source)) as opened:
                 opened.load()  # decode fully now, so truncated files fail here
-                image = to_rgb(opened)
+                # as a viewer shows it: a phone photo stored sideways carries its rotation in EXIF
+                image = to_rgb(ImageOps.exif_transpose(opened))
         if image.size != (width, height):
             image = image.resize((width, height), Image.Resampling.BILINEAR)
         buffer = io.BytesIO()
         image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
         return buffer.getvalue(), None
-    except UnidentifiedImageError:
-        return None, "not an image (Pillow cannot identify the file format)"
     except Exception as e:  # a bad file must never stop the run
-        if "truncated" in str(e):
-            return None, f"truncated image ({e})"
-        return None, f"cannot decode the image ({type(e).__name__}: {e})"
+        return None, unreadable_reason(e)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow image as 8-bit RGB (grayscale, alpha, palette, CMYK, 16-bit)."""
-    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
-        # convert("L") would clip every value above 255 to white; scale 16-bit values instead
-        values = np.asarray(image, dtype=np.float64)
-        if values.max(initial=0) > 255:
-            values = values / 257.0
+    """Any Pillow image as 8-bit RGB (grayscale, alpha, palette, CMYK, 16-bit).
+
+    16-bit images ("I;16*", and "I", which older Pillow gives 16-bit PNGs) are scaled from
+    0..65535 to 0..255 by one rule for every image, so the same value is the same gray in
+    every file. Floating-point images ("F") have no standard range: UnsupportedPixels."""
+    if image.mode == "F":
+        raise UnsupportedPixels("floating-point pixels (a 32-bit float image) have no standard value range; "
+                                "convert the file to 8 or 16 bits per channel")
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        # convert("L") would clip every value above 255 to white
+        values = np.asarray(image, dtype=np.float64) / 257.0
         image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))  # 2-D uint8 -> "L"
     elif image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")  # what Pillow recommends (and warns about otherwise)
@@ -528,9 +618,9 @@ def _write_shards(raw_dir: Path, info: dict, splits: dict[str, list[_Image]], si
     total = sum(len(images) for images in splits.values())
     if workers is None:
         workers = min(os.cpu_count() or 1, 8) if total >= PARALLEL_MIN_IMAGES else 1
-    files = {image.path for images in splits.values() for image in images if image.pixels is None}
+    files = [image.file for images in splits.values() for image in images if image.pixels is None]
     with _image_file_reader(raw_dir, info, files) as read:
-        tasks = ((image.pixels if image.pixels is not None else read(image.path), size)
+        tasks = ((image.pixels if image.pixels is not None else read(image.file), size)
                  for split in SPLITS for image in splits[split])
         with closing(_encode_in_order(tasks, workers)) as results:
             # Start the workers before loading TensorFlow (seconds), which they do not need.
