@@ -83,6 +83,8 @@ def test_a_source_folder_of_links_is_followed_and_links_that_lead_nowhere_are_li
     reasons = {entry["path"]: entry["reason"] for entry in manifest["skipped"]}
     assert set(reasons) == {"train/cat/dangling.png", "train/dog/loop/"}, reasons
     assert "does not exist" in reasons["train/cat/dangling.png"] and "loop" in reasons["train/dog/loop/"]
+    assert str(tmp_path) not in str(manifest["skipped"])  # no machine-specific path (link targets are)
+    assert {entry["class"] for entry in manifest["skipped"]} == {"cat", "dog"}
     records = _records(tmp_path / "processed")
     np.testing.assert_array_equal(records["train/cat/linked.png"][0], records["train/dog/000.png"][0])
     assert records["train/cat/linked.png"][1] != records["train/dog/000.png"][1]  # labelled by where it is

@@ -264,6 +264,8 @@ def archive_kind(archive: str | os.PathLike) -> str:
         pass  # a compressed stream that breaks off before the first tar header
     with open(archive, "rb") as f:
         head = f.read(6)
+    if not head:
+        raise DataError(f"{archive} is empty (0 bytes): an interrupted download or copy? Download or copy it again")
     if head.startswith(b"PK"):
         raise DataError(f"{archive} starts like a zip archive but its directory (at the end of the file) is "
                         "missing or damaged: the file is truncated or corrupt; download or copy it again")

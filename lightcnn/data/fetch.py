@@ -504,7 +504,7 @@ def walk_directory(top: Path) -> tuple[list[str], list[tuple[str, str]]]:
         for child in sorted(folder.iterdir(), key=lambda path: path.name):
             name = prefix + child.name
             if child.is_symlink() and not child.exists():
-                unfollowed.append((name, f"a symbolic link to {os.readlink(child)}, which does not exist"))
+                unfollowed.append((name, "a symbolic link to nothing (its target does not exist)"))
             elif child.is_dir():
                 real = os.path.realpath(child)
                 if real in ancestors:

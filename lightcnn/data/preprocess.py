@@ -428,8 +428,11 @@ def _list_class_folders(raw_dir: Path, info: dict) -> tuple[list[str], dict, lis
     by_split = {split: [[] for _ in names] for split in folders}
     ignored = [{"split": None, "class": None, "path": folder, "reason": "a folder beside the split folders (train/, "
                 "test/, valid/, val/ or validation/): not read"} for folder in info.get("ignored_folders", [])]
-    ignored += [{"split": split_of.get(entry["path"].split("/")[0]), "class": None, **entry}
-                for entry in info.get("skipped", [])]
+    for entry in info.get("skipped", []):  # what fetch could not follow
+        parts = entry["path"].rstrip("/").split("/")
+        class_name = unicodedata.normalize("NFC", parts[1]) if len(parts) > 2 else None
+        ignored.append({"split": split_of.get(parts[0]), "class": class_name if class_name in label_of else None,
+                        **entry})
     for entry in listing.entries:
         folder, _, inside = entry.partition("/")
         if not inside:
