@@ -465,13 +465,15 @@ def _lay_out_class_folders(source: Path, out: Path, info: dict) -> list[str]:
         shutil.copyfile(source, out / source.name)
         info.update(format="class-folder-archive", archive=source.name, root=root, split_folders=split_folders)
     inside = [entry[len(root):] for entry in entries if entry.startswith(root)]
-    info["skipped"] = [{"path": path[len(root):], "reason": reason} for path, reason in unfollowed
-                       if path.startswith(root) and any(path[len(root):].startswith(f) for f in in_splits)]
-    info["ignored_folders"] = sorted({entry.split("/")[0] + "/" for entry in inside if "/" in entry
-                                      and entry.split("/")[0] + "/" not in in_splits and not _hidden(entry)})
-    for folder in info["ignored_folders"]:
+    # Recorded only when there are any, so that a dataset without them fetches byte for byte as before.
+    skipped = [{"path": path[len(root):], "reason": reason} for path, reason in unfollowed
+               if path.startswith(root) and any(path[len(root):].startswith(f) for f in in_splits)]
+    ignored_folders = sorted({entry.split("/")[0] + "/" for entry in inside if "/" in entry
+                              and entry.split("/")[0] + "/" not in in_splits and not _hidden(entry)})
+    for folder in ignored_folders:
         print(f"ignoring {root}{folder}: not a split folder (train/, test/, or one of "
               f"{', '.join(name + '/' for name in VAL_FOLDERS)} for validation)", flush=True)
+    info.update({key: value for key, value in (("skipped", skipped), ("ignored_folders", ignored_folders)) if value})
     info["image_format"] = _image_format(inside, split_folders)
     names = list_class_names(inside, split_folders)
     if not names:

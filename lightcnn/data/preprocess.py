@@ -457,7 +457,8 @@ def _list_class_folders(raw_dir: Path, info: dict) -> tuple[list[str], dict, lis
         # a file in the class folder or in a folder below it: that class
         by_split[split_of[folder]][label_of[class_name]].append(
             _Image(entry, label_of[class_name], read_from=listing.links.get(entry)))
-    return names, by_split, ignored, {"hidden_files_ignored": listing.hidden_files}
+    # only when there are any: a dataset without them gives the same manifest as before
+    return names, by_split, ignored, {"hidden_files_ignored": listing.hidden_files} if listing.hidden_files else {}
 
 
 @contextmanager
