@@ -101,6 +101,8 @@ def test_hydra_refuses_a_misspelled_key(tmp_path):
     ("benchmark.runs", 10, "benchmark.runs"),
     ("benchmark.threads", [0], "benchmark.threads.0"),
     ("export.representative_images", "many", "export.representative_images"),
+    ("data.image_size", 8, "data.image_size: input should be greater than or equal to 16"),
+    ("data.num_classes", 1, "data.num_classes: input should be greater than or equal to 2"),
 ])
 def test_bad_values_fail_naming_their_key(good, dotted, value, expected):
     with pytest.raises(ParamsError) as info:
@@ -177,3 +179,41 @@ def test_a_stage_fails_fast_on_bad_params(tmp_path):
     assert "pipeline.common.params" in imported and not {"keras", "tensorflow"} & imported
     assert any("train.batch_size" in line for line in messages) and "Traceback" not in proc.stderr
     assert not (tmp_path / "models").exists()  # nothing was started
+
+
+@pytest.mark.parametrize("dotted, value, hinted", [
+    ("train.learning_rate", "1e-3", True),   # YAML 1.1 reads 1e-3 as a string
+    ("data.image_size", "24x40", False),     # text, but no number in e-notation: no such hint
+])
+def test_the_e_notation_hint_only_where_it_applies(good, dotted, value, hinted):
+    with pytest.raises(ParamsError) as info:
+        validate(broken(good, dotted, value))
+    assert ("YAML reads" in str(info.value)) is hinted, str(info.value)
+
+
+def test_compose_refuses_before_writing_and_names_what_it_refuses(tmp_path):
+    """pipeline.compose validates what it composed before it replaces params.yaml: a refused
+    value leaves the file as it was (it used to be written, then refused with a traceback)."""
+    from pipeline.compose import compose as compose_params
+
+    target = tmp_path / "params.yaml"
+    target.write_text("the previous params\n")
+    with pytest.raises(ParamsError, match=r"benchmark.runs: input should be greater than or equal to 200"):
+        compose_params(["benchmark.runs=10"], target=target)
+    assert target.read_text() == "the previous params\n" and list(tmp_path.iterdir()) == [target]
+    with pytest.raises(ParamsError, match=r"train.epoch: unknown key \(did you mean 'epochs'\?\); allowed: seeds, "):
+        compose_params(["train.epoch=5"], target=target)
+    assert compose_params(["train.epochs=3"], target=target)["train"]["epochs"] == 3
+    assert yaml.safe_load(target.read_text())["train"]["epochs"] == 3
+
+
+def test_compose_on_the_command_line_refuses_a_typo_without_a_traceback():
+    """Hydra refuses a key conf/ does not declare before anything is written (params.yaml is
+    not touched); the command says so in the schema's words, with the valid keys."""
+    before = (PROJECT_ROOT / "params.yaml").read_bytes()
+    result = subprocess.run([sys.executable, "-m", "pipeline.compose", "data.imagesize=32"], cwd=PROJECT_ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "data.imagesize: unknown key (did you mean 'image_size'?); allowed: dataset, source" in result.stderr
+    assert "params.yaml was left as it was" in result.stderr
+    assert (PROJECT_ROOT / "params.yaml").read_bytes() == before

@@ -290,7 +290,8 @@ def _read_image_headers(raw_dir: Path, info: dict, by_split: dict) -> tuple[Coun
         try:
             with Image.open(stream) as image:  # reads the header only
                 width, height = image.size
-                if image.getexif().get(ORIENTATION_TAG) in ROTATED_ORIENTATIONS:
+                # EXIF sits in the header of a JPEG, TIFF or WebP; a PNG's getexif() decodes the whole file
+                if image.format != "PNG" and image.getexif().get(ORIENTATION_TAG) in ROTATED_ORIENTATIONS:
                     width, height = height, width
             for _ in by_file[file]:
                 sizes[height, width] += 1

@@ -11,6 +11,7 @@ naming its key, what is allowed and what was given.
 from __future__ import annotations
 
 import difflib
+import re
 from typing import Annotated, Any, Literal, Optional
 
 import pydantic
@@ -52,8 +53,10 @@ class DataSettings(Section):
         description='per dataset, the local copy that source "auto" uses when it exists')
     url: Optional[str] = Field(description="CIFAR only: a mirror of the official archive")
     kaggle_version: Optional[PositiveInt] = None  # type: ignore[valid-type]
-    num_classes: Optional[PositiveInt] = None  # type: ignore[valid-type]
-    image_size: Optional[PositiveInt] = None  # type: ignore[valid-type]
+    num_classes: Optional[pydantic.conint(strict=True, ge=2)] = Field(  # type: ignore[valid-type]
+        None, description="keep the first N classes (a classifier needs 2)")
+    # square; under 16 px the networks' five halvings leave nothing (a folder dataset's own size may be oblong)
+    image_size: Optional[pydantic.conint(strict=True, ge=16, le=4096)] = None  # type: ignore[valid-type]
     val_fraction: float = Field(gt=0, lt=1)
     max_per_class: Optional[PositiveInt] = None  # type: ignore[valid-type]
     seed: int
@@ -125,16 +128,23 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
+def unknown_key_message(loc: tuple | str) -> str:
+    """'<key>: unknown key (did you mean ...?); allowed: ...' for a key the schema does not
+    declare (a dotted string or its parts)."""
+    loc = tuple(loc.split(".")) if isinstance(loc, str) else tuple(str(part) for part in loc)
+    holder = _model_at(loc)
+    allowed = list(holder.model_fields) if holder else []
+    close = difflib.get_close_matches(loc[-1], allowed, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"{'.'.join(loc)}: unknown key{hint}; allowed: {', '.join(allowed)}"
+
+
 def _describe(error: dict) -> str:
     loc = tuple(str(part) for part in error["loc"])
     key = ".".join(loc)
     kind = error["type"]
     if kind == "extra_forbidden":
-        holder = _model_at(error["loc"])
-        allowed = list(holder.model_fields) if holder else []
-        close = difflib.get_close_matches(loc[-1], allowed, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        return f"{key}: unknown key{hint}; allowed: {', '.join(allowed)}"
+        return unknown_key_message(loc)
     if kind == "missing":
         return f"{key}: missing"
     if kind == "literal_error":
@@ -142,8 +152,9 @@ def _describe(error: dict) -> str:
         return f"{key}: must be one of {expected} (got {error.get('input')!r})"
     message = error["msg"][0].lower() + error["msg"][1:]
     hint = ""
-    if isinstance(error.get("input"), str) and ("number" in message or "integer" in message or "float" in message):
-        hint = " (YAML reads 1e-3 as text: write 1.0e-3)"
+    given = error.get("input")
+    if isinstance(given, str) and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+", given.strip()):
+        hint = f" (YAML reads {given} as text: write it with a decimal point and a signed exponent, e.g. 1.0e-3)"
     return f"{key}: {message} (got {error.get('input')!r}){hint}"
 
 
