@@ -4,7 +4,8 @@
 
 Runs after the model's other stages whenever one of their outputs changed. The execution's run
 (opened by train when training ran in this execution, else created here) gets everything it
-does not hold yet: params and per-epoch curves (from train.json and history.csv), test metrics,
+does not hold yet: params (the model's, training's and the data's, and the export and benchmark
+settings read from their files) and per-epoch curves (from train.json and history.csv), test metrics,
 TFLite accuracy and sizes, latency and MACs, the confusion matrix, Grad-CAM and the model (the
 model that the training run logged, named as this run's input, else logged here), and a tag
 naming the run that trained this exact model file. Then it is ended FINISHED.
@@ -26,11 +27,14 @@ def _read(path) -> dict:
 
 def main(params: StageParams, model: str, seed: int) -> None:
     paths = ModelPaths(model, seed)
-    run = tracking.ModelRun.open(model, seed, load_manifest(PROCESSED_DIR))
+    manifest = load_manifest(PROCESSED_DIR)
+    run = tracking.ModelRun.open(model, seed, manifest)
     metric_keys, param_keys = run.holds()
     train = _read(paths.train_metrics)
-    if "train.recipe" not in param_keys and train:
-        run.log_params({"model": model, **tracking.flatten("train", train.get("config", {}))})
+    tflite, latency = _read(paths.tflite_metrics), _read(paths.latency_metrics)
+    settings = {**(tracking.run_params(model, train.get("config", {}), manifest) if train else {}),
+                **tracking.result_params(tflite, latency)}
+    run.log_params({key: value for key, value in settings.items() if key not in param_keys})
     if "val_accuracy" not in metric_keys:
         run.log_history(paths.history)
         run.log_artifacts([paths.history])
@@ -39,8 +43,7 @@ def main(params: StageParams, model: str, seed: int) -> None:
     evaluation = _read(paths.eval_metrics)
     run.log_metrics({"macs": evaluation.get("macs"),
                      **{f"test_{k}": v for k, v in evaluation.items() if k != "macs"}})
-    run.log_metrics(tracking.flatten("tflite", _read(paths.tflite_metrics)))
-    latency = _read(paths.latency_metrics)
+    run.log_metrics(tracking.flatten("tflite", tflite))
     run.log_metrics({
         f"latency.{variant}.threads{threads}.{stat}": result[stat]
         for variant in VARIANTS for threads, result in latency.get(variant, {}).items()

@@ -86,9 +86,7 @@ def main(params: StageParams, model: str, seed: int) -> None:
     run = tracking.ModelRun.open(model, seed, manifest, adopt_run_id=own_run)
     io.write_json(paths.resume_run, {"run_id": run.run_id})  # not a DVC out: a killed run resumes in it
     if run.created:
-        run.log_params({"model": model, **tracking.flatten("train", config_dict(config)),
-                        **tracking.flatten("data", manifest.get("params", {})),
-                        "data.num_classes_effective": manifest["num_classes"]})
+        run.log_params(tracking.run_params(model, config_dict(config), manifest))
     run.set_tags({"lightcnn.trained": "true", "keras_backend": config.backend})
     stage.say(params, f"{'resuming' if resuming else 'starting'} {config.epochs} epoch(s) of training, recorded in "
                       f"MLflow run {run.run_id}")

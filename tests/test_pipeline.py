@@ -227,6 +227,9 @@ def test_one_complete_mlflow_run_per_model_and_seed(project):
     assert r.info.status == "FINISHED"
     assert r.data.params["train.epochs"] == "1" and r.data.params["train.seed"] == r.data.tags["seed"]
     assert r.data.params["data.max_per_class"] == "12"
+    # train logged the run's settings; record added those of export and benchmark, from their files
+    assert r.data.params["export.representative_images"] == "16" and r.data.params["benchmark.runs"] == "200"
+    assert r.data.params["benchmark.threads"] == "[1]"
     for key in ("test_top1", "tflite.int8.top1", "tflite.float32.size_bytes", "macs",
                 "latency.float32.threads1.median_ms", "val_accuracy", "train_best_val_accuracy"):
         assert key in r.data.metrics, key
@@ -379,6 +382,10 @@ def test_mlflow_server_stopping_mid_training_then_sigkills_in_export_and_in_benc
     assert "lightcnn.trained" not in data.tags  # DVC restored train: nothing trained in this execution
     for key in ("test_top1", "tflite.int8.top1", "latency.float32.threads1.median_ms", "val_accuracy"):
         assert key in data.metrics, key
+    # the whole record's settings, though this execution trained nothing: read from the files DVC restored
+    for key in ("train.learning_rate", "data.seed", "data.image_size", "export.representative_images",
+                "benchmark.runs", "benchmark.threads"):
+        assert key in data.params, (key, sorted(data.params))
     assert data.tags[TRAINED_IN_TAG] == trained_in_e2e  # the run that trained this exact model file
     # ... and the model that run logged, named, not uploaded again
     assert models_named_by(server, restored_run) == models_logged_in(server, trained_in_e2e) != []
@@ -421,5 +428,7 @@ def test_parallel_queued_experiments_each_get_their_own_complete_run(project):
     for r in new:
         assert r.info.status == "FINISHED" and "latency.float32.threads1.median_ms" in r.data.metrics
         assert r.data.tags[TRAINED_IN_TAG] == trained_in_e2e and r.data.params["train.epochs"] == "1"
+        # the setting each experiment changed, as a param of its own run (read from its latency file)
+        assert r.data.params["benchmark.warmup"] == r.data.tags["dvc_exp_name"].removeprefix("queued-")
         assert models_named_by(server, r.info.run_id) == models_logged_in(server, trained_in_e2e) != []
     assert_no_run_left_running(server)

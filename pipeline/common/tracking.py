@@ -373,6 +373,29 @@ def manifest_digest(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def run_params(model: str, train_config: dict, manifest: dict) -> dict[str, Any]:
+    """What every run of a model holds as params, whichever stage opened it: the model, its
+    training settings (train.json's config) and the data's (the manifest's preprocess params)."""
+    return {"model": model, **flatten("train", train_config), **flatten("data", manifest.get("params", {})),
+            "data.num_classes_effective": manifest["num_classes"]}
+
+
+def result_params(tflite: dict, latency: dict) -> dict[str, Any]:
+    """The settings that made a run's export and latency files, read from those files (so a
+    run completed from files DVC restored names what made them): export.representative_images,
+    export.int8_recipe.*, benchmark.threads, benchmark.warmup, benchmark.runs."""
+    params = {}
+    if tflite:
+        params["export.representative_images"] = tflite.get("representative_images")
+        params.update(flatten("export.int8_recipe", tflite.get("int8_recipe", {})))
+    timed = [result for variant, per_thread in latency.items() if variant != "cpu" and isinstance(per_thread, dict)
+             for result in per_thread.values() if isinstance(result, dict)]
+    if timed:
+        params["benchmark.threads"] = sorted({result["threads"] for result in timed})
+        params.update({f"benchmark.{key}": timed[0][key] for key in ("warmup", "runs") if key in timed[0]})
+    return {key: value for key, value in params.items() if value is not None}
+
+
 def flatten(prefix: str, obj: Any) -> dict[str, Any]:
     """{"a": {"b": 1}} -> {"prefix.a.b": 1}: nested settings as MLflow params/metrics."""
     if isinstance(obj, dict):
