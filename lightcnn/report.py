@@ -63,6 +63,7 @@ One dict for the whole report: how every run in it was made (JSON-serialisable).
       "warmup_epochs": 2.0, "weight_decay": 0.05, "batch_size": 128}},
   "model_modes": {"our_small": "corrected"}, # per model: "faithful" | "corrected"
   "seeds": [0, 1, 2],                        # train.seeds; every metrics dict's seed is one of them
+  "image_size": "32x32 (CIFAR native 32x32)", # optional: the training images' height x width and why
   "git_commit": "77e2a94c...",               # the commit the runs were made from
   "git_dirty": false,                        # optional: the workspace had uncommitted changes
   "cpu": "AMD EPYC 7B13 (2 logical cores)",  # optional; else taken from the metrics/latency results
@@ -75,7 +76,7 @@ MODES = ("corrected", "faithful")
 REQUIRED_RECIPE_KEYS = {"recipe": str, "epochs": int, "optimizer": str, "learning_rate": (int, float),
                         "schedule": str}
 CONTEXT_KEYS = {"dataset", "source", "recipes", "model_modes", "seeds", "git_commit", "git_dirty", "cpu",
-                "litert_version"}
+                "litert_version", "image_size"}
 
 MD_FILE, JSON_FILE, PLOT_FILE = "comparison.md", "comparison.json", "accuracy_vs_latency.png"
 STUDY_DEVICE = STUDY_PROTOCOL["latency_device"]
@@ -141,7 +142,7 @@ def validate_context(context: Any, model_metrics: list[dict]) -> dict:
     for key in ("dataset", "source", "git_commit"):
         _require_context(isinstance(context.get(key), str) and context[key].strip(),
                          f"{key!r} must be a non-empty string, got {context.get(key)!r}")
-    for key in ("cpu", "litert_version"):
+    for key in ("cpu", "litert_version", "image_size"):
         _require_context(context.get(key) is None or isinstance(context[key], str),
                          f"{key!r} must be a string or absent, got {context.get(key)!r}")
     _require_context(isinstance(context.get("git_dirty", False), bool),
@@ -430,7 +431,8 @@ def _number(value: float) -> str:
 
 def describe_recipe(recipe: dict) -> str:
     """One line: "`default`: 30 epochs, adamw, lr 0.002, cosine schedule (2 warm-up epochs), ..."."""
-    parts = [f"{recipe['epochs']} epochs", recipe["optimizer"], f"lr {_number(recipe['learning_rate'])}"]
+    parts = [f"{recipe['epochs']} epoch{'' if recipe['epochs'] == 1 else 's'}", recipe["optimizer"],
+             f"lr {_number(recipe['learning_rate'])}"]
     schedule = f"{recipe['schedule']} schedule"
     if recipe.get("warmup_epochs"):
         schedule += f" ({_number(recipe['warmup_epochs'])} warm-up epochs)"
@@ -477,7 +479,11 @@ def header_lines(run: dict, comparison: dict) -> list[str]:
     cpu = comparison["cpu"] or "an unrecorded CPU"
     litert = f"LiteRT {comparison['litert_version']}" if comparison["litert_version"] else "LiteRT"
     return [
-        f"- **Data (ours)**: {title}, {run['num_classes']} classes, from {context['source']}.",
+        f"- **Data (ours)**: {title}, {run['num_classes']} classes"
+        + (f", images at {context['image_size']}" if context.get("image_size") else "")
+        + f", from {context['source']}."
+        + (f" With {run['num_classes']} classes every prediction is among the top 5: top-5 is 100% by "
+           "construction." if run["num_classes"] <= 5 else ""),
         *_per_model({model: describe_recipe(context["recipes"][model]) for model in models}, "Recipe (ours)"),
         *_per_model({model: context["model_modes"][model] for model in models}, "Model mode"),
         f"- **Seeds**: {seed_line}",

@@ -60,6 +60,8 @@ def report_context(manifest: dict, seeds: list[int], metrics: list[dict]) -> dic
         "recipes": configs,
         "model_modes": {model: config.get("model_mode", "corrected") for model, config in configs.items()},
         "seeds": list(seeds),
+        "image_size": "x".join(map(str, manifest["image_size"])) + f" ({manifest['image_size_reason']})"
+                      if manifest.get("image_size_reason") else "x".join(map(str, manifest["image_size"])),
         "git_commit": tracking.source_tags()["git_commit"],
         "cpu": f"{cpu['cpu']} ({cpu['logical_cores']} logical cores; {', '.join(cpu['vector_extensions'])})",
     }

@@ -393,3 +393,21 @@ def test_the_report_knows_the_model_modes_the_builder_has():
     from lightcnn.models.options import MODEL_MODES
 
     assert set(report.MODES) == set(results.MODES) == set(MODEL_MODES)
+
+
+def test_a_folder_run_names_its_image_size_and_the_top5_of_few_classes(tmp_path):
+    """A folder dataset trains at its own size: the header says which (two runs of one dataset at
+    28x28 and at 32x32 used to read alike), and with 5 classes or fewer top-5 is 100% by
+    construction, which it says too. One epoch is "1 epoch"."""
+    metrics = _metrics("our_small", "folder", 3, np.random.default_rng(5))
+    context = _context(["our_small"], dataset="folder", source="PNG class folders (data/gray28)",
+                       image_size="28x28 (all 114 images are 28x28)")
+    context["recipes"]["our_small"]["epochs"] = 1
+    build_comparison([metrics], tmp_path, context)
+    header = _section((tmp_path / MD_FILE).read_text(), "folder, 3 classes").split("\n| ", 1)[0]
+    assert ("- **Data (ours)**: folder, 3 classes, images at 28x28 (all 114 images are 28x28), from PNG class "
+            "folders (data/gray28). With 3 classes every prediction is among the top 5: top-5 is 100% by "
+            "construction.") in header, header
+    assert ": 1 epoch, adamw" in header and "1 epochs" not in header, header
+    with pytest.raises(ValueError, match="'image_size' must be a string or absent"):
+        build_comparison_data([metrics], {**context, "image_size": [28, 28]})
