@@ -231,3 +231,28 @@ def test_exif_rotation_is_applied_to_pixels_and_to_the_size(tmp_path):
     top, bottom = image[:24].reshape(-1, 3).mean(axis=0), image[40:].reshape(-1, 3).mean(axis=0)
     assert top[0] > 200 and top[2] < 50 and bottom[2] > 200 and bottom[0] < 50  # the stored left is now on top
 
+
+
+def test_the_in_memory_loader_reads_an_odd_archive_as_preprocess_does(tmp_path):
+    """lightcnn.data.arrays (the input path without TensorFlow) shares preprocess's listing and
+    header check: on an archive with a junk file, links, capitalised split folders and a
+    validation/ folder, both give the same images in the same splits with the same labels."""
+    from lightcnn.data.arrays import load_image_arrays
+
+    tree = tmp_path / "tree"
+    build_class_tree(tree, {"cat": 5, "dog": 5}, size=SIZE)
+    (tree / "train" / "cat" / "empty.jpg").write_bytes(b"")
+    os.link(tree / "train" / "cat" / "000.png", tree / "train" / "dog" / "hard.png")
+    (tree / "train").rename(tree / "Train")
+    for name in ("cat", "dog"):
+        write_image(tree / "validation" / name / "v.png", np.full((SIZE, SIZE, 3), 7, np.uint8))
+    archive = _tar_gz(tree, tmp_path / "dataset.tar.gz")
+    _run(tmp_path, archive, image_size=SIZE, seed=4)
+    arrays = load_image_arrays(archive, image_size=SIZE, seed=4)
+    for split in ("train", "val", "test"):
+        from_shards = sorted((image.tobytes(), int(label)) for image, label, _ in
+                             read_examples(tmp_path / "processed", split))
+        in_memory = sorted((image.tobytes(), int(label)) for image, label in
+                           zip(arrays[split].images, arrays[split].labels))
+        assert from_shards == in_memory, split
+    assert len(arrays["train"]) == 11 and len(arrays["val"]) == 2  # 5 + 5 + the link; the junk left out

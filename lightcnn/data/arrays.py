@@ -5,7 +5,8 @@ and of any run whose data fit in memory. Two steps:
 
 1. `load_image_arrays(source)` reads a CIFAR archive straight into uint8 arrays, split into
    train / val / test exactly as `preprocess` splits it (the same stratified, seeded
-   hold-out of validation images: its own function does it). `source` is the class-folder
+   hold-out of validation images, after the same listing and header check: preprocess's own
+   functions do it). `source` is the class-folder
    archive (.tar.gz / .tar / .zip with train/<class>/*, test/<class>/*, optional
    valid/<class>/*, e.g. ../shared/data/cifar10-jpeg.tar.gz) or the official CIFAR-10 /
    CIFAR-100 python archive (cifar-10-python.tar.gz, cifar-100-python.tar.gz).
@@ -37,12 +38,12 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from lightcnn.data.download import DataError, check_md5
-from lightcnn.data.fetch import CIFAR_ARCHIVES
-from lightcnn.data.preprocess import (DEFAULT_IMAGE_SIZE, _CifarUnpickler, _split_train_val, cifar_batch_images,
-                                      to_rgb)
+from lightcnn.data.download import DataError, check_md5, check_member_path, scan_archive
+from lightcnn.data.fetch import CIFAR_ARCHIVES, class_folder_listing, find_split_folders
+from lightcnn.data.preprocess import (DEFAULT_IMAGE_SIZE, _CifarUnpickler, _check_no_empty_class, _Image,
+                                      _split_train_val, cifar_batch_images, drop_unreadable,
+                                      list_class_folder_images, to_rgb)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 CIFAR_PYTHON_FOLDERS = {"cifar-10-batches-py": "cifar10", "cifar-100-python": "cifar100"}
 
 
@@ -82,15 +83,6 @@ class ImageArrays:
         return ImageArrays(self.images[keep], self.labels[keep], self.class_names)
 
 
-@dataclass
-class _Item:
-    """One image before decoding (preprocess's _split_train_val only moves these around)."""
-
-    path: str
-    label: int
-    pixels: np.ndarray | None = None
-
-
 def load_image_arrays(
     source: str | os.PathLike,
     *,
@@ -126,17 +118,20 @@ def load_image_arrays(
             dataset = CIFAR_PYTHON_FOLDERS[python_folder]
             check_md5(source, CIFAR_ARCHIVES[dataset].md5, f"{source} (read as the official {dataset} archive)")
             class_names, by_split = _cifar_python(files, python_folder)
-            size = image_size or DEFAULT_IMAGE_SIZE["cifar10"]
+            size, info = image_size or DEFAULT_IMAGE_SIZE["cifar10"], None
         else:
-            class_names, by_split = _class_folders(files, source)
+            class_names, by_split, info = _class_folders(source)
             size = image_size
         if max_per_class is not None:
             by_split = {split: [items[:max_per_class] for items in per_class] for split, per_class in by_split.items()}
+        if info is not None:  # files without a readable header left out before the draw, as preprocess does
+            by_split = drop_unreadable(source.parent, info, by_split, class_names, [])[0]
         rng = np.random.default_rng(seed)  # the same draws, in the same order, as preprocess_dataset
         if "val" not in by_split:
             by_split["train"], by_split["val"] = _split_train_val(by_split["train"], val_fraction, rng, class_names)
+        root = info["root"] if info else ""  # item paths are relative to the dataset folder in the archive
         return {split: _decode(files, [item for items in by_split[split] for item in items], class_names, size,
-                               workers)
+                               workers, root)
                 for split in ("train", "val", "test")}
 
 
@@ -148,11 +143,12 @@ class _ArchiveFiles:
         try:
             if zipfile.is_zipfile(path):
                 self._zip = zipfile.ZipFile(path)
-                self._members = {info.filename.rstrip("/"): info for info in self._zip.infolist() if not info.is_dir()}
+                self._members = {check_member_path(info.filename, path): info for info in self._zip.infolist()
+                                 if not info.is_dir()}
                 self._tar = None
             else:
                 self._tar = tarfile.open(path)
-                self._members = {member.name.lstrip("./"): member for member in self._tar.getmembers()
+                self._members = {check_member_path(member.name, path): member for member in self._tar.getmembers()
                                  if member.isfile()}
                 self._zip = None
         except (tarfile.TarError, zipfile.BadZipFile, OSError) as error:
@@ -174,49 +170,20 @@ class _ArchiveFiles:
         (self._zip or self._tar).close()
 
 
-def _hidden(part: str) -> bool:
-    return part.startswith(".") or part == "__MACOSX"
+def _class_folders(source: Path) -> tuple[list[str], dict[str, list[list[_Image]]], dict]:
+    """A class-folder archive read as fetch and preprocess read it (the same folder names, links,
+    hidden files and class names): class names, each split's images per class sorted by path,
+    and the archive's fetch-style info."""
+    root, split_folders = find_split_folders(scan_archive(source).entries, str(source))
+    info = {"format": "class-folder-archive", "archive": source.name, "root": root, "split_folders": split_folders}
+    class_names, by_split, _, _ = list_class_folder_images(class_folder_listing(source.parent, info), info,
+                                                          str(source))
+    _check_no_empty_class({split: {name: len(images) for name, images in zip(class_names, per_class)}
+                           for split, per_class in by_split.items()})
+    return class_names, by_split, info
 
 
-def _class_folders(files: _ArchiveFiles, source: Path) -> tuple[list[str], dict[str, list[list[_Item]]]]:
-    """Class names (train/ folder names, sorted) and each split's items per class, sorted by path."""
-    roots = sorted({name[:name.index("train/")] for name in files.names
-                    if name.startswith("train/") or "/train/" in name}, key=lambda root: (root.count("/"), root))
-    if not roots:
-        raise DataError(f"{source} has no train/<class>/ folders and is no official CIFAR python archive")
-    root = roots[0]
-    folders = {"train": "train", "val": "valid", "test": "test"}
-    entries: dict[str, list[tuple[str, str]]] = {split: [] for split in folders}
-    for name in files.names:
-        if not name.startswith(root):
-            continue
-        parts = name[len(root):].split("/")
-        if len(parts) < 3 or any(_hidden(part) for part in parts) or not name.lower().endswith(IMAGE_SUFFIXES):
-            continue
-        for split, folder in folders.items():
-            if parts[0] == folder:
-                entries[split].append((parts[1], name))
-    class_names = sorted({class_name for class_name, _ in entries["train"]})
-    if not entries["test"]:
-        raise DataError(f"{source} has no test/<class>/ images")
-    label_of = {name: label for label, name in enumerate(class_names)}
-    by_split: dict[str, list[list[_Item]]] = {}
-    for split, found in entries.items():
-        if not found and split == "val":
-            continue
-        per_class: list[list[_Item]] = [[] for _ in class_names]
-        for class_name, name in found:  # sorted by path: class order, then file order
-            if class_name not in label_of:
-                raise DataError(f"class folder {folders[split]}/{class_name} in {source} has no counterpart in train/")
-            per_class[label_of[class_name]].append(_Item(name, label_of[class_name]))
-        empty = [class_names[label] for label, items in enumerate(per_class) if not items]
-        if empty:
-            raise DataError(f"class {empty[0]!r} has no images in the {split} split of {source}")
-        by_split[split] = per_class
-    return class_names, by_split
-
-
-def _cifar_python(files: _ArchiveFiles, folder: str) -> tuple[list[str], dict[str, list[list[_Item]]]]:
+def _cifar_python(files: _ArchiveFiles, folder: str) -> tuple[list[str], dict[str, list[list[_Image]]]]:
     """The official CIFAR python archive, read as preprocess reads its extracted folder."""
     def load(name: str) -> dict:
         data = _CifarUnpickler(io.BytesIO(files.read(f"{folder}/{name}")), encoding="bytes").load()
@@ -234,22 +201,22 @@ def _cifar_python(files: _ArchiveFiles, folder: str) -> tuple[list[str], dict[st
         label_key = b"fine_labels"
     by_split = {}
     for split, names in batches.items():
-        per_class: list[list[_Item]] = [[] for _ in class_names]
+        per_class: list[list[_Image]] = [[] for _ in class_names]
         for name in names:
             images, labels = cifar_batch_images(load(name), label_key, len(class_names), f"{folder}/{name}")
             for i, (pixels, label) in enumerate(zip(images, labels.tolist())):
-                per_class[label].append(_Item(f"{folder}/{name}/{i}", label, pixels))
+                per_class[label].append(_Image(f"{folder}/{name}/{i}", label, pixels))
         by_split[split] = per_class
     return class_names, by_split
 
 
-def _decode(files: _ArchiveFiles, items: list[_Item], class_names: Sequence[str], size: int | None,
-            workers: int | None) -> ImageArrays:
+def _decode(files: _ArchiveFiles, items: list[_Image], class_names: Sequence[str], size: int | None,
+            workers: int | None, root: str = "") -> ImageArrays:
     """Decode (in threads: Pillow's decoders release the GIL) and stack into uint8 arrays."""
     if items and items[0].pixels is not None:  # CIFAR python rows: already pixels
         decoded = [np.ascontiguousarray(item.pixels) for item in items]
     else:
-        contents = [files.read(item.path) for item in items]  # archive reads are sequential
+        contents = [files.read(root + item.file) for item in items]  # archive reads are sequential
         with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
             decoded = list(pool.map(_decode_bytes, contents))
     keep = [i for i, pixels in enumerate(decoded) if pixels is not None]

@@ -51,7 +51,7 @@ from lightcnn.data.download import (
     reading_archive,
     staged_dir,
 )
-from lightcnn.data.fetch import class_folder_listing, list_class_names, read_fetch_info
+from lightcnn.data.fetch import ClassFolderListing, class_folder_listing, list_class_names, read_fetch_info
 
 MANIFEST = "manifest.json"
 MANIFEST_KEYS = ("class_names", "num_classes", "image_size", "counts", "splits", "sha256", "skipped")
@@ -162,16 +162,7 @@ def preprocess_dataset(
     if max_per_class is not None:
         by_split = {split: [images[:max_per_class] for images in per_class] for split, per_class in by_split.items()}
     if info["format"] != "cifar-python":
-        # Files with no readable image header (not images, empty, cut short in the header) are
-        # left out before validation images are drawn, so they cannot take a class's place there.
-        sizes, unusable = _read_image_headers(raw_dir, info, by_split)
-        ignored += [{"split": split, "class": class_names[image.label], "path": image.path,
-                     "reason": unusable[image.path]} for split, per_class in by_split.items()
-                    for images in per_class for image in images if image.path in unusable]
-        by_split = {split: [[image for image in images if image.path not in unusable] for images in per_class]
-                    for split, per_class in by_split.items()}
-        _check_no_empty_class({split: {name: len(images) for name, images in zip(class_names, per_class)}
-                               for split, per_class in by_split.items()}, ignored)
+        by_split, sizes, unusable = drop_unreadable(raw_dir, info, by_split, class_names, ignored)
     if image_size is None:
         if info["dataset"] == "folder":
             (height, width), size_reason = choose_native_size(sizes, len(unusable))
@@ -272,6 +263,24 @@ def choose_native_size(sizes: Counter, unreadable: int = 0) -> tuple[tuple[int, 
                         f"{MIN_NATIVE_SIDE} px on a side, and the networks halve the image five times. Set "
                         "data.image_size (e.g. 32) to upscale them, or add larger images")
     return (height, width), reason
+
+
+def drop_unreadable(raw_dir: Path, info: dict, by_split: dict, class_names: list[str],
+                    skipped: list[dict]) -> tuple[dict, Counter, dict[str, str]]:
+    """Leave out the image files of a class-folder dataset that have no readable image header
+    (not images, empty, cut short in the header) before validation images are drawn, so that
+    they never take a class's place there; each is appended to `skipped` with its reason.
+    Returns the kept images (same shape as `by_split`), the header sizes of the kept ones and
+    {path: reason} of those left out. DataError if a class is left with none in a split."""
+    sizes, unusable = _read_image_headers(raw_dir, info, by_split)
+    skipped += [{"split": split, "class": class_names[image.label], "path": image.path, "reason": unusable[image.path]}
+                for split, per_class in by_split.items() for images in per_class for image in images
+                if image.path in unusable]
+    kept = {split: [[image for image in images if image.path not in unusable] for images in per_class]
+            for split, per_class in by_split.items()}
+    _check_no_empty_class({split: {name: len(images) for name, images in zip(class_names, per_class)}
+                           for split, per_class in kept.items()}, skipped)
+    return kept, sizes, unusable
 
 
 def _read_image_headers(raw_dir: Path, info: dict, by_split: dict) -> tuple[Counter, dict[str, str]]:
@@ -406,15 +415,19 @@ def _split_train_val(per_class: list[list[_Image]], val_fraction: float, rng: np
 
 
 def _list_class_folders(raw_dir: Path, info: dict) -> tuple[list[str], dict, list[dict], dict]:
+    return list_class_folder_images(class_folder_listing(raw_dir, info), info, str(raw_dir))
+
+
+def list_class_folder_images(listing: ClassFolderListing, info: dict,
+                             where: str) -> tuple[list[str], dict, list[dict], dict]:
     """Class names (train/ folder names, sorted, in Unicode NFC), the image files of each split
     and class (sorted by path), what is left out and why (files in no class folder, links that
     stand for no file, what fetch could not follow, folders that are no split), and manifest
-    extras."""
+    extras, of a class-folder dataset's `listing` (info: its fetch info; `where` names it)."""
     folders = info["split_folders"]
-    listing = class_folder_listing(raw_dir, info)
     folder_names = list_class_names(listing.entries, folders)
     if not folder_names:
-        raise DataError(f"the {folders['train']}/ folder in {raw_dir} has no class folders: "
+        raise DataError(f"the {folders['train']}/ folder in {where} has no class folders: "
                         "expected train/<class>/<image files>")
     # Class names are compared in NFC: macOS writes "café" decomposed (NFD), most tools composed,
     # and a dataset put together on both would otherwise have two classes that print alike.
