@@ -163,6 +163,10 @@ def test_class_names_are_compared_in_one_unicode_form(tmp_path):
     manifest = _run(tmp_path, tree)
     assert manifest["class_names"] == [composed, "tea"]
     assert manifest["counts"]["test"] == {composed: 2, "tea": 2}
+    # both forms as two train folders: they would print alike as two classes
+    build_class_tree(tree, {decomposed: 3}, size=SIZE)
+    with pytest.raises(DataError, match=r"class folders whose names differ only in their Unicode form"):
+        _run(tmp_path / "twins", tree)
 
 
 def test_one_class_is_refused(tmp_path):

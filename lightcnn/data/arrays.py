@@ -174,9 +174,10 @@ def _class_folders(source: Path) -> tuple[list[str], dict[str, list[list[_Image]
     """A class-folder archive read as fetch and preprocess read it (the same folder names, links,
     hidden files and class names): class names, each split's images per class sorted by path,
     and the archive's fetch-style info."""
-    root, split_folders = find_split_folders(scan_archive(source).entries, str(source))
+    index = scan_archive(source)
+    root, split_folders = find_split_folders(index.entries, str(source))
     info = {"format": "class-folder-archive", "archive": source.name, "root": root, "split_folders": split_folders}
-    class_names, by_split, _, _ = list_class_folder_images(class_folder_listing(source.parent, info), info,
+    class_names, by_split, _, _ = list_class_folder_images(class_folder_listing(source.parent, info, index), info,
                                                           str(source))
     _check_no_empty_class({split: {name: len(images) for name, images in zip(class_names, per_class)}
                            for split, per_class in by_split.items()})

@@ -373,7 +373,9 @@ def scan_archive(archive: str | os.PathLike) -> ArchiveIndex:
 def _link_target(name: str, link: str) -> str:
     """The archive name a symbolic link at `name` points to (relative to its folder)."""
     link = link.replace("\\", "/")
-    return posixpath.normpath(link.lstrip("/") if link.startswith("/") else posixpath.join(posixpath.dirname(name), link))
+    if link.startswith("/"):  # absolute: an archive path
+        return posixpath.normpath(link.lstrip("/"))
+    return posixpath.normpath(posixpath.join(posixpath.dirname(name), link))
 
 
 def list_archive(archive: str | os.PathLike) -> list[str]:

@@ -39,6 +39,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from lightcnn.data.download import (
+    ArchiveIndex,
     DataError,
     check_md5,
     download_file,
@@ -588,13 +589,15 @@ class ClassFolderListing:
     hidden_files: int
 
 
-def class_folder_listing(raw_dir: str | os.PathLike, info: dict) -> ClassFolderListing:
-    """List a fetched class-folder dataset (see ClassFolderListing)."""
+def class_folder_listing(raw_dir: str | os.PathLike, info: dict,
+                         index: ArchiveIndex | None = None) -> ClassFolderListing:
+    """List a fetched class-folder dataset (see ClassFolderListing); `index`: the archive's
+    scan_archive, when the caller has it already."""
     raw_dir = Path(raw_dir)
     links, broken = {}, {}
     if info["format"] == "class-folder-archive":
         root = info["root"]
-        index = scan_archive(raw_dir / info["archive"])
+        index = index or scan_archive(raw_dir / info["archive"])
         entries = [entry[len(root):] for entry in index.entries if entry.startswith(root)]
         for link, target in index.links.items():
             if link.startswith(root):

@@ -431,10 +431,10 @@ def list_class_folder_images(listing: ClassFolderListing, info: dict,
                         "expected train/<class>/<image files>")
     # Class names are compared in NFC: macOS writes "café" decomposed (NFD), most tools composed,
     # and a dataset put together on both would otherwise have two classes that print alike.
-    names = sorted({unicodedata.normalize("NFC", name) for name in folder_names})
+    composed = {name: unicodedata.normalize("NFC", name) for name in folder_names}
+    names = sorted(set(composed.values()))
     if len(names) < len(folder_names):
-        twins = sorted(name for name in folder_names if sum(unicodedata.normalize("NFC", other) ==
-                                                             unicodedata.normalize("NFC", name) for other in folder_names) > 1)
+        twins = sorted(name for name in folder_names if list(composed.values()).count(composed[name]) > 1)
         raise DataError(f"the {folders['train']}/ folder has class folders whose names differ only in their Unicode "
                         f"form ({', '.join(map(ascii, twins))}): they print alike; merge or rename them")
     label_of = {name: label for label, name in enumerate(names)}
