@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 from dvc.utils.hydra import compose_and_dump
-from hydra.errors import HydraException, MissingConfigException
+from hydra.errors import HydraException
 
 from pipeline.common.errors import ParamsError
 from pipeline.common.paths import PROJECT_ROOT
@@ -49,7 +49,7 @@ def compose(overrides: list[str], target: Path | None = None) -> dict:
         try:
             compose_and_dump(Path(scratch), str(PROJECT_ROOT / "conf"), None, "config", str(PROJECT_ROOT),
                              overrides)
-        except (HydraException, MissingConfigException) as error:
+        except HydraException as error:  # an undeclared key, a missing config group option
             raise ParamsError(_hydra_message(error)) from None
         params = validate(yaml.safe_load(Path(scratch).read_text(encoding="utf-8")),
                           f"the settings composed from conf/ with {' '.join(overrides) or 'no overrides'}")

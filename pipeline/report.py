@@ -54,14 +54,14 @@ def report_context(manifest: dict, seeds: list[int], metrics: list[dict]) -> dic
     for run in sorted(metrics, key=lambda run: run["seed"]):  # the seeds of one model differ in seed only
         configs.setdefault(run["model"], {k: v for k, v in run["config"].items() if k != "seed"})
     cpu = json.loads(LATENCY_JSON.read_text())["context"]
+    size, reason = "x".join(map(str, manifest["image_size"])), manifest.get("image_size_reason")
     return {
         "dataset": manifest["dataset"],
         "source": describe_source(manifest),
         "recipes": configs,
         "model_modes": {model: config.get("model_mode", "corrected") for model, config in configs.items()},
         "seeds": list(seeds),
-        "image_size": "x".join(map(str, manifest["image_size"])) + f" ({manifest['image_size_reason']})"
-                      if manifest.get("image_size_reason") else "x".join(map(str, manifest["image_size"])),
+        "image_size": f"{size} ({reason})" if reason else size,
         "git_commit": tracking.source_tags()["git_commit"],
         "cpu": f"{cpu['cpu']} ({cpu['logical_cores']} logical cores; {', '.join(cpu['vector_extensions'])})",
     }

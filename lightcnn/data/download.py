@@ -25,7 +25,7 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import IO, Iterable, Iterator
 
 import requests
 from tqdm import tqdm
@@ -246,8 +246,6 @@ def reading_archive(archive: Path) -> Iterator[None]:
     try:
         yield
     except ARCHIVE_READ_ERRORS as e:
-        if isinstance(e, tarfile.FilterError):
-            raise
         raise DataError(f"archive {archive} is damaged: reading it failed with {type(e).__name__}: {e}. It is "
                         "truncated (an interrupted download or copy?) or corrupt; download or copy it again") from e
 
@@ -384,6 +382,27 @@ def list_archive(archive: str | os.PathLike) -> list[str]:
     return scan_archive(archive).entries
 
 
+def iter_archive_files(archive: str | os.PathLike, wanted: Iterable[str]) -> Iterator[tuple[str, IO[bytes]]]:
+    """(normalised name, open stream) of each regular file of a tar or zip archive named in
+    `wanted`, in archive order: one pass, as a compressed tar must be read. DataError for a
+    damaged archive."""
+    archive, wanted = Path(archive), set(wanted)
+    with reading_archive(archive):
+        if archive_kind(archive) == "zip":
+            with zipfile.ZipFile(archive) as zf:
+                for info in zf.infolist():
+                    name = check_member_path(info.filename, archive)
+                    if name in wanted and not info.is_dir():
+                        with zf.open(info) as stream:
+                            yield name, stream
+        else:
+            with tarfile.open(archive, "r:*") as tf:
+                for member in tf:
+                    name = check_member_path(member.name, archive)
+                    if member.isfile() and name in wanted:
+                        yield name, tf.extractfile(member)
+
+
 class ArchiveReader:
     """Reads regular files of a tar or zip archive by (normalised) name, without extracting.
 
@@ -396,16 +415,13 @@ class ArchiveReader:
         archive = Path(archive)
         self.archive, self.zip, self.loaded = archive, None, {}
         self.remaining = Counter(wanted)
-        with reading_archive(archive):
-            if archive_kind(archive) == "zip":
+        if archive_kind(archive) == "zip":
+            with reading_archive(archive):
                 self.zip = zipfile.ZipFile(archive)
                 self.zip_names = {check_member_path(info.filename, archive): info for info in self.zip.infolist()}
-            else:
-                with tarfile.open(archive, "r:*") as tf:
-                    for member in tf:
-                        name = check_member_path(member.name, archive)
-                        if member.isfile() and name in self.remaining:
-                            self.loaded[name] = tf.extractfile(member).read()
+        else:
+            with reading_archive(archive):  # reads happen here, outside the iterator
+                self.loaded = {name: stream.read() for name, stream in iter_archive_files(archive, self.remaining)}
 
     def read(self, name: str) -> bytes:
         """The file's bytes (a tar file can be read as many times as it was wanted)."""

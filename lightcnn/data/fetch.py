@@ -455,12 +455,12 @@ def _lay_out_class_folders(source: Path, out: Path, info: dict) -> list[str]:
     in_splits = {folder + "/" for folder in split_folders.values()}
     if source.is_dir():
         for entry in entries:
-            inside = entry[len(root):]
-            if entry.startswith(root) and any(inside.startswith(folder) for folder in in_splits):
+            relative = entry[len(root):]
+            if entry.startswith(root) and any(relative.startswith(folder) for folder in in_splits):
                 if entry.endswith("/"):
-                    (out / inside).mkdir(parents=True, exist_ok=True)
+                    (out / relative).mkdir(parents=True, exist_ok=True)
                 else:
-                    shutil.copyfile(source / entry, out / inside)  # follows a link: the file itself
+                    shutil.copyfile(source / entry, out / relative)  # follows a link: the file itself
         info.update(format="class-folders", split_folders=split_folders)
     else:
         shutil.copyfile(source, out / source.name)

@@ -25,7 +25,6 @@ import multiprocessing
 import os
 import pickle
 import sys
-import tarfile
 import types
 import unicodedata
 import warnings
@@ -45,10 +44,8 @@ from tqdm import tqdm
 from lightcnn.data.download import (
     ArchiveReader,
     DataError,
-    archive_kind,
-    check_member_path,
     file_digest,
-    reading_archive,
+    iter_archive_files,
     staged_dir,
 )
 from lightcnn.data.fetch import ClassFolderListing, class_folder_listing, list_class_names, read_fetch_info
@@ -309,22 +306,10 @@ def _read_image_headers(raw_dir: Path, info: dict, by_split: dict) -> tuple[Coun
                 unusable[path] = unreadable_reason(e)
 
     if info["format"] == "class-folder-archive":
-        root, archive = info["root"], raw_dir / info["archive"]
+        root = info["root"]
         wanted = {root + file: file for file in by_file}
-        with reading_archive(archive):
-            if archive_kind(archive) == "zip":
-                with zipfile.ZipFile(archive) as zf:
-                    for member in zf.infolist():
-                        name = check_member_path(member.filename, archive)
-                        if name in wanted:
-                            with zf.open(member) as stream:
-                                measure(wanted[name], stream)
-            else:
-                with tarfile.open(archive, "r:*") as tf:  # one pass: a compressed tar reads front to back
-                    for member in tf:
-                        name = check_member_path(member.name, archive)
-                        if member.isfile() and name in wanted:
-                            measure(wanted[name], tf.extractfile(member))
+        for name, stream in iter_archive_files(raw_dir / info["archive"], wanted):
+            measure(wanted[name], stream)
     else:
         for file in sorted(by_file):
             measure(file, raw_dir / file)
