@@ -1,7 +1,7 @@
 """Time the test suite on this machine, with what it needs to be read: the CPU, and how fast
 the machine was just before and after (a fixed probe), since a shared host's speed varies.
 
-    python benchmarks/suite_time.py [--target-minutes 15] [-- extra pytest arguments]
+    python benchmarks/suite_time.py [--target-minutes 15] [--slower-cores] [-- extra pytest arguments]
 
 Runs the README's test command (`pytest`, the project's settings: two xdist workers) from the
 project root in the current environment, then prints: the CPU (model, logical cores, whether
@@ -9,11 +9,26 @@ it has AVX-512), the probe before and after (10 million Python additions; 40 flo
 products of 1500x1500 in NumPy), the suite's wall time against the target, and the summed
 test time per file, longest first. Exit status: pytest's, or 1 if the suite passed but took
 longer than the target.
+
+--slower-cores runs the suite on cores made about three times slower, to see it on a machine
+like the slowest of ours (2.7x slower on this suite: a 2-core CPU without AVX-512) when none is
+at hand. Every core gets a busy loop pinned to it at nice -3, which the scheduler gives 1991
+shares of the core for each 1024 of a process of the suite (nice 0): the suite's processes get
+about a third of each core, whichever core they run on and however many run at once. The loops
+and the suite share one cgroup made for the run, since Linux weighs processes against each
+other only within a group (sessions are groups of their own otherwise: autogroup). Linux and
+root only. What it does not slow: waits (sleeps, timeouts, the network on 127.0.0.1) and the
+disk, as on a slower CPU; the slowdown reached is measured (the Python probe, inside the
+emulation against outside it) and printed.
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
+import ctypes
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -26,15 +41,19 @@ from lightcnn.machine import describe_cpu
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-def probe() -> str:
-    """How fast the machine is right now: pure Python, then NumPy matrix products."""
-    import numpy as np
-
+def python_loop_seconds() -> float:
     start = time.perf_counter()
     total = 0
     for number in range(10_000_000):
         total += number
-    python_s = time.perf_counter() - start
+    return time.perf_counter() - start
+
+
+def probe() -> str:
+    """How fast the machine is right now: pure Python, then NumPy matrix products."""
+    import numpy as np
+
+    python_s = python_loop_seconds()
     matrix = np.random.default_rng(0).random((1500, 1500), dtype=np.float32)
     start = time.perf_counter()
     for _ in range(40):
@@ -66,17 +85,110 @@ def junit_xml_path(pytest_args: list[str], default: Path) -> tuple[Path, list[st
     return default, [f"--junitxml={default}", *pytest_args]
 
 
+BUSY_LOOP_NICE = -3  # weight 1991 against 1024 at nice 0: the suite keeps about 1024/3015 of a core
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+CGROUP_ROOTS = (Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup"))  # cgroup v1's cpu hierarchy, v2
+
+
+class EmulationUnavailable(RuntimeError):
+    pass
+
+
+def _cpu_cgroup_root() -> Path:
+    """Where a cgroup with the cpu controller can be made: v1's cpu hierarchy, or v2's root with
+    cpu among its controllers."""
+    if os.geteuid() != 0:
+        raise EmulationUnavailable("--slower-cores needs root (a cgroup, and busy loops at a negative nice)")
+    v1, v2 = CGROUP_ROOTS
+    if (v1 / "cgroup.procs").exists():
+        return v1
+    controllers = v2 / "cgroup.controllers"
+    if controllers.exists() and "cpu" in controllers.read_text().split():
+        if "cpu" not in (v2 / "cgroup.subtree_control").read_text().split():
+            raise EmulationUnavailable("--slower-cores needs the cpu controller enabled for child cgroups: "
+                                       "echo +cpu > /sys/fs/cgroup/cgroup.subtree_control")
+        return v2
+    raise EmulationUnavailable("--slower-cores found no cgroup cpu controller (neither cgroup v1's "
+                               "/sys/fs/cgroup/cpu nor cpu in /sys/fs/cgroup/cgroup.controllers)")
+
+
+def _join(cgroup: Path) -> None:
+    (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+
+
+@contextlib.contextmanager
+def slower_cores():
+    """A cgroup holding one busy loop per core at BUSY_LOOP_NICE; yields a preexec_fn that puts a
+    child process into it. The loops are killed and the cgroup removed on the way out."""
+    cgroup = _cpu_cgroup_root() / f"lightcnn-suite-time-{os.getpid()}"
+    cgroup.mkdir()
+    loops: list[subprocess.Popen] = []
+
+    def busy_loop_on(core: int):
+        def setup() -> None:
+            _join(cgroup)
+            os.sched_setaffinity(0, {core})
+            os.nice(BUSY_LOOP_NICE)
+            ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # no loop outlives this script
+        return setup
+
+    try:
+        for core in sorted(os.sched_getaffinity(0)):
+            loops.append(subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=busy_loop_on(core)))
+        yield lambda: _join(cgroup)
+    finally:
+        for loop in loops:
+            loop.kill()
+            loop.wait()
+        deadline = time.time() + 30
+        while True:  # the suite's last processes may take a moment to leave
+            try:
+                cgroup.rmdir()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    print(f"could not remove {cgroup}: processes still in it", file=sys.stderr)
+                    break
+                time.sleep(0.5)
+
+
+def python_loop_seconds_in(preexec_fn=None) -> float:
+    """The probe's Python loop, run in a child process (started with `preexec_fn`)."""
+    return float(subprocess.run([sys.executable, __file__, "--python-loop-only"], preexec_fn=preexec_fn,
+                                capture_output=True, text=True, check=True).stdout)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target-minutes", type=float, default=15.0)
+    parser.add_argument("--slower-cores", action="store_true",
+                        help="run the suite on cores made about 3x slower (see the module's docstring)")
+    parser.add_argument("--python-loop-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("pytest_args", nargs="*", help="after --: passed on to pytest")
     args = parser.parse_args()
+    if args.python_loop_only:
+        print(python_loop_seconds())
+        return 0
     print(f"CPU: {describe_cpu()}")
     print(f"probe before: {probe()}", flush=True)
-    with tempfile.TemporaryDirectory() as scratch:
+    with contextlib.ExitStack() as stack:
+        preexec_fn = None
+        if args.slower_cores:
+            outside = python_loop_seconds_in()  # before the busy loops start
+            try:
+                preexec_fn = stack.enter_context(slower_cores())
+            except EmulationUnavailable as error:
+                print(f"error: {error}", file=sys.stderr)
+                return 2
+            inside = python_loop_seconds_in(preexec_fn)
+            print(f"slower cores: a busy loop at nice {BUSY_LOOP_NICE} on each of {len(os.sched_getaffinity(0))} "
+                  f"cores; the Python probe took {inside:.2f} s in the emulation against {outside:.2f} s outside "
+                  f"it: {inside / outside:.1f}x slower", flush=True)
+        scratch = stack.enter_context(tempfile.TemporaryDirectory())
         junit, pytest_args = junit_xml_path(args.pytest_args, Path(scratch) / "suite.xml")
         start = time.perf_counter()
-        result = subprocess.run([sys.executable, "-m", "pytest", "-q", *pytest_args], cwd=PROJECT_ROOT)
+        result = subprocess.run([sys.executable, "-m", "pytest", "-q", *pytest_args], cwd=PROJECT_ROOT,
+                                preexec_fn=preexec_fn)
         wall = time.perf_counter() - start
         files = per_file(junit) if junit.exists() else []
     print(f"probe after: {probe()}")

@@ -4,8 +4,8 @@ Every stage script starts with `params = stage_params("<stage name>")`. That val
 whole params.yaml against the one schema (pipeline/settings.py), so a bad value anywhere
 stops the pipeline at its first stage, before any work. The stage then reads its values only
 through the returned StageParams, which refuses any key that dvc.yaml does not declare in the
-stage's `params:` (asked from DVC itself, dvc.api.params_show(stages=...)): a stage cannot
-depend on a setting that DVC would not rerun it for. Set LIGHTCNN_PARAMS_AUDIT to a file path
+stage's `params:` (resolved by DVC's own resolver of dvc.yaml, the one `dvc repro` uses): a
+stage cannot depend on a setting that DVC would not rerun it for. Set LIGHTCNN_PARAMS_AUDIT to a file path
 to have each stage append the keys it declared and the keys it read (tests compare them).
 """
 from __future__ import annotations
@@ -46,14 +46,45 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def declared_params(stage: str, root: Path = PROJECT_ROOT) -> dict:
-    """The params dvc.yaml declares for `stage` (templates resolved), as DVC sees them."""
-    import dvc.api
+    """{key: value in params.yaml} for each param dvc.yaml declares for `stage`, its templates
+    (foreach/matrix items, ${...}) resolved by DVC's own resolver, as `dvc repro` resolves them.
 
+    The resolver alone, not dvc.api.params_show(stages=...), which gives the same keys but also
+    loads dvc.lock and every stage with DVC's round-trip YAML parser: in a new process, with
+    this module's imports, 0.82-0.85 s against 0.46-0.49 s (AMD EPYC, 2 cores), paid by every
+    stage of every run."""
     try:
-        return dvc.api.params_show(stages=[stage], repo=str(root))
+        from dvc.parsing import DataResolver
+        from dvc.repo import Repo
+
+        definition = yaml.load((root / "dvc.yaml").read_text(encoding="utf-8"), Loader=_YAML_LOADER)
+        with Repo(str(root)) as repo:
+            entries = DataResolver(repo, repo.root_dir, definition).resolve_one(stage)[stage].get("params", [])
     except Exception as exc:  # noqa: BLE001 - DVC raises many kinds; all mean the same here
         raise ParamsError(f"cannot read the params dvc.yaml declares for stage {stage!r} ({type(exc).__name__}: "
                           f"{exc}); run stages through `dvc repro` from the project root") from exc
+    keys: list[str] = []
+    for entry in entries:  # a key of params.yaml, or {file: [keys]}
+        files = entry if isinstance(entry, dict) else {"params.yaml": [entry]}
+        for file, file_keys in files.items():
+            if file != "params.yaml":
+                raise ParamsError(f"stage {stage} declares params of {file}: stages read params.yaml alone")
+            keys.extend(file_keys)
+    params = yaml.load((root / "params.yaml").read_text(encoding="utf-8"), Loader=_YAML_LOADER)
+    declared = {}
+    for key in keys:
+        node: Any = params
+        try:
+            for part in key.split("."):
+                node = node[part]
+        except (KeyError, TypeError):
+            raise ParamsError(f"stage {stage} declares param {key!r} in dvc.yaml, which params.yaml does not have: "
+                              "remove it from the stage's `params:` or add it to the schema") from None
+        declared[key] = node
+    return declared
+
+
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class StageParams:
