@@ -135,7 +135,9 @@ def slower_cores():
 
     try:
         for core in sorted(os.sched_getaffinity(0)):
-            loops.append(subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=busy_loop_on(core)))
+            loops.append(subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=busy_loop_on(core),
+                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL))  # holding no pipe of the caller
         yield lambda: _join(cgroup)
     finally:
         for loop in loops:
