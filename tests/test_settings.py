@@ -16,7 +16,7 @@ from dvc.utils.hydra import compose_and_dump
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from lightcnn.models import MODEL_NAMES
-from pipeline.common.params import ParamsError, StageParams, load_params, validate
+from pipeline.common.params import ParamsError, StageParams, declared_params, load_params, validate
 from pipeline.common.settings import Params, PerModelSettings, TrainSettings
 from tests.conftest import PROJECT_ROOT
 
@@ -160,6 +160,28 @@ def test_stage_params_refuse_a_key_the_stage_does_not_declare(good):
     assert partial["train.seeds"] == good["train"]["seeds"]
     with pytest.raises(ParamsError, match="does not declare"):
         partial["train"]  # the whole section holds keys the stage did not declare
+
+
+def test_declared_params_are_dvc_yaml_s_resolved_for_the_stage(tmp_path):
+    """The keys a stage may read: dvc.yaml's `params:` for that stage with DVC's templates
+    resolved (a matrix item's per_model.<model>), valued from params.yaml; a declared key that
+    params.yaml lacks is named, as is a stage DVC does not know."""
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    model, seed = params["model"]["selected"][0], params["train"]["seeds"][0]
+    train = declared_params(f"train@{model}-{seed}")
+    assert train[f"per_model.{model}"] == params["per_model"][model]
+    assert train["train.epochs"] == params["train"]["epochs"] and "data.image_size" not in train
+    assert declared_params("preprocess") == {f"data.{key}": params["data"][key] for key in
+                                              ("image_size", "val_fraction", "max_per_class", "num_classes", "seed")}
+    with pytest.raises(ParamsError, match="stage 'no-such-stage'"):
+        declared_params("no-such-stage")
+
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / ".dvc" / "config").write_text("[core]\n    no_scm = true\n")  # a DVC project without git
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"s": {"cmd": "true", "params": ["data.nope"]}}}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"data": {"seed": 1}}))
+    with pytest.raises(ParamsError, match=r"stage s declares param 'data.nope' in dvc.yaml, which params.yaml does"):
+        declared_params("s", tmp_path)
 
 
 def test_a_stage_fails_fast_on_bad_params(tmp_path):
