@@ -122,7 +122,10 @@ def slower_cores():
     """A cgroup holding one busy loop per core at BUSY_LOOP_NICE; yields a preexec_fn that puts a
     child process into it. The loops are killed and the cgroup removed on the way out."""
     cgroup = _cpu_cgroup_root() / f"lightcnn-suite-time-{os.getpid()}"
-    cgroup.mkdir()
+    try:
+        cgroup.mkdir()
+    except OSError as error:
+        raise EmulationUnavailable(f"--slower-cores cannot make a cgroup: {error}") from None
     loops: list[subprocess.Popen] = []
 
     def busy_loop_on(core: int):
@@ -134,10 +137,13 @@ def slower_cores():
         return setup
 
     try:
-        for core in sorted(os.sched_getaffinity(0)):
-            loops.append(subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=busy_loop_on(core),
-                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.DEVNULL))  # holding no pipe of the caller
+        try:
+            for core in sorted(os.sched_getaffinity(0)):
+                loops.append(subprocess.Popen(
+                    [sys.executable, "-c", "while True: pass"], preexec_fn=busy_loop_on(core),
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # no pipe of ours
+        except (OSError, subprocess.SubprocessError) as error:  # e.g. joining the cgroup refused
+            raise EmulationUnavailable(f"--slower-cores cannot start its busy loops in {cgroup}: {error}") from None
         yield lambda: _join(cgroup)
     finally:
         for loop in loops:

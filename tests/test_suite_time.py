@@ -14,8 +14,19 @@ def slower_cores_available() -> bool:
     """What --slower-cores needs: Linux, root, a cgroup cpu controller (v1, or v2 enabled for children)."""
     if sys.platform != "linux" or os.geteuid() != 0:
         return False
-    v2 = Path("/sys/fs/cgroup/cgroup.subtree_control")
-    return Path("/sys/fs/cgroup/cpu/cgroup.procs").exists() or (v2.exists() and "cpu" in v2.read_text().split())
+    v1, v2 = Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup")
+    if (v1 / "cgroup.procs").exists():
+        root = v1
+    elif (v2 / "cgroup.subtree_control").exists() and "cpu" in (v2 / "cgroup.subtree_control").read_text().split():
+        root = v2
+    else:
+        return False
+    try:  # a container may show the files and still refuse a new cgroup
+        (root / f"lightcnn-suite-time-check-{os.getpid()}").mkdir()
+        (root / f"lightcnn-suite-time-check-{os.getpid()}").rmdir()
+    except OSError:
+        return False
+    return True
 
 
 def test_suite_time_reports_cpu_probe_verdict_and_time_per_file(tmp_path):
