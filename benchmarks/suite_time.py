@@ -98,6 +98,8 @@ class EmulationUnavailable(RuntimeError):
 def _cpu_cgroup_root() -> Path:
     """Where a cgroup with the cpu controller can be made: v1's cpu hierarchy, or v2's root with
     cpu among its controllers."""
+    if sys.platform != "linux":
+        raise EmulationUnavailable("--slower-cores needs Linux (a cgroup of its own)")
     if os.geteuid() != 0:
         raise EmulationUnavailable("--slower-cores needs root (a cgroup, and busy loops at a negative nice)")
     v1, v2 = CGROUP_ROOTS

@@ -45,6 +45,16 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: tree}
 
 
+def _value_at(tree: Any, key: str) -> Any:
+    """The value at a dotted key of nested dicts; KeyError or TypeError where there is none."""
+    for part in key.split("."):
+        tree = tree[part]
+    return tree
+
+
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C parser where PyYAML has it
+
+
 def declared_params(stage: str, root: Path = PROJECT_ROOT) -> dict:
     """{key: value in params.yaml} for each param dvc.yaml declares for `stage`, its templates
     (foreach/matrix items, ${...}) resolved by DVC's own resolver, as `dvc repro` resolves them.
@@ -73,18 +83,12 @@ def declared_params(stage: str, root: Path = PROJECT_ROOT) -> dict:
     params = yaml.load((root / "params.yaml").read_text(encoding="utf-8"), Loader=_YAML_LOADER)
     declared = {}
     for key in keys:
-        node: Any = params
         try:
-            for part in key.split("."):
-                node = node[part]
+            declared[key] = _value_at(params, key)
         except (KeyError, TypeError):
             raise ParamsError(f"stage {stage} declares param {key!r} in dvc.yaml, which params.yaml does not have: "
                               "remove it from the stage's `params:` or add it to the schema") from None
-        declared[key] = node
     return declared
-
-
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class StageParams:
@@ -98,19 +102,13 @@ class StageParams:
 
     def _covered(self, key: str) -> bool:
         """Every leaf under `key` is a declared key or lies under one."""
-        leaves = _flatten(self._lookup(key), key)
+        leaves = _flatten(_value_at(self._params, key), key)
         return all(any(leaf == d or leaf.startswith(d + ".") for d in self._declared) for leaf in leaves)
-
-    def _lookup(self, key: str) -> Any:
-        node: Any = self._params
-        for part in key.split("."):
-            node = node[part]
-        return node
 
     def __getitem__(self, key: str) -> Any:
         """The value at a dotted key, e.g. params["train.epochs"] or params["benchmark"]."""
         try:
-            value = self._lookup(key)
+            value = _value_at(self._params, key)
         except (KeyError, TypeError):
             raise ParamsError(f"stage {self.stage}: params.yaml has no key {key!r}") from None
         if not self._covered(key):
