@@ -7,6 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.common.lean_imports import skip_unused_integrations
+
+# The test processes start as the stage processes do (pipeline/__init__.py): without the
+# optional integrations TensorFlow and Keras would load for nothing (scikit-learn, JAX).
+skip_unused_integrations()
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LIGHTCNN_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
 CIFAR10_JPEG = SHARED_DATA / "cifar10-jpeg.tar.gz"

@@ -101,8 +101,11 @@ def test_select_backend_refuses_to_switch_once_keras_is_loaded():
 
 
 def test_models_and_training_import_without_tensorflow():
+    """Also as a JAX train stage starts: `pipeline` imported first (its refusal of optional
+    imports, pipeline/common/lean_imports.py, leaves Keras' own import of JAX alone)."""
     result = run_python("""
         import os, sys
+        import pipeline
         os.environ.pop("KERAS_BACKEND")
         from lightcnn.training import resolve_config, select_backend
         assert "keras" not in sys.modules, "lightcnn.training imported keras before the backend was chosen"
@@ -114,9 +117,23 @@ def test_models_and_training_import_without_tensorflow():
             import lightcnn.data.pipeline
         except ModuleNotFoundError:
             pipeline = "needs tensorflow"
-        print(keras.backend.backend(), "tensorflow" in sys.modules, pipeline)
+        print(keras.backend.backend(), "tensorflow" in sys.modules, pipeline, int(keras.ops.sum(keras.ops.ones(3))))
     """)
-    assert result.stdout.split() == ["jax", "False", "needs", "tensorflow"]
+    assert result.stdout.split() == ["jax", "False", "needs", "tensorflow", "3"]
+
+
+def test_stage_processes_load_no_unused_optional_integration():
+    """pipeline/common/lean_imports.py: a process that imports `pipeline` first, as every stage
+    does, loads Keras and TensorFlow without scikit-learn and JAX (about 1.3 s less: python
+    benchmarks/import_time.py); both still import for any other caller."""
+    code = ("import sys, pipeline, keras, tensorflow\n"
+            "print(sorted(m for m in ('sklearn', 'jax') if m in sys.modules))\n"
+            "import sklearn.base, jax.numpy\n"
+            "print(keras.backend.backend(), int(jax.numpy.ones(3).sum()), sklearn.base.__name__)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines() == ["[]", "tensorflow 3 sklearn.base"]
 
 
 # ----------------------------------------------------------------------------- in-memory data
