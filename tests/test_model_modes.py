@@ -304,6 +304,20 @@ def _input_layer_names(model: keras.Model, layer_name: str) -> set[str]:
     return {tensor._keras_history.operation.name for tensor in (inputs if isinstance(inputs, list) else [inputs])}
 
 
+@pytest.mark.parametrize("name", STUDY_MODELS)
+def test_modes_differ_in_no_weight(models, name):
+    """Modes change initialisers, the stochastic-depth draw and parameter-free layers only: the
+    same weights (names aside: a faithful CSP part 2 lacks two activation layers), so the
+    study's parameter counts (test_models.py, default mode) hold in both."""
+    corrected, faithful = models[name, "corrected"], models[name, "faithful"]
+
+    def shapes(weights) -> list[tuple[int, ...]]:
+        return sorted(tuple(weight.shape) for weight in weights)
+
+    assert shapes(faithful.weights) == shapes(corrected.weights)
+    assert shapes(faithful.trainable_weights) == shapes(corrected.trainable_weights)
+
+
 def test_csp_part2_activation_present_in_corrected_absent_in_faithful(models):
     corrected, faithful = models["our_large", "corrected"], models["our_large", "faithful"]
     # Stage 3: hard-swish, stride 2 (part 2 = 2x2 depthwise row, then 1x1 conv row).

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from lightcnn.models import ATTENTIONS, MODEL_MODES, MODEL_NAMES, StochasticDepth, build_model, resolve_strides
+from lightcnn.models import ATTENTIONS, MODEL_NAMES, StochasticDepth, build_model, resolve_strides
 from lightcnn.study import PUBLISHED_PARAMS, PUBLISHED_TRAINABLE_CIFAR10, STUDY_MODELS
 
 CIFAR_SHAPE = (32, 32, 3)
@@ -24,16 +24,16 @@ def _random_images(count: int, shape=CIFAR_SHAPE, seed: int = 0) -> np.ndarray:
 # ----------------------------------------------------------------------------- parameter counts
 
 
-@pytest.mark.parametrize("mode", MODEL_MODES)
 @pytest.mark.parametrize("name", STUDY_MODELS)
-def test_parameter_counts_match_the_study(name, mode):
-    # Modes change initialisers, the stochastic-depth draw and parameter-free layers only.
+def test_parameter_counts_match_the_study(name):
+    """In the default mode; the faithful mode has the very same weights (test_model_modes.py:
+    test_modes_differ_in_no_weight), so its counts are these."""
     published = PUBLISHED_PARAMS[name]
-    cifar10 = build_model(name, 10, CIFAR_SHAPE, mode=mode)
+    cifar10 = build_model(name, 10, CIFAR_SHAPE)
     assert cifar10.count_params() == published[10]
     assert _trainable_count(cifar10) == PUBLISHED_TRAINABLE_CIFAR10[name]
-    assert build_model(name, 100, CIFAR_SHAPE, mode=mode).count_params() == published[100]
-    assert build_model(name, 325, BIRDS_SHAPE, mode=mode).count_params() == published[325]
+    assert build_model(name, 100, CIFAR_SHAPE).count_params() == published[100]
+    assert build_model(name, 325, BIRDS_SHAPE).count_params() == published[325]
 
 
 def test_attention_and_stochastic_depth_switches_change_what_they_should():
