@@ -7,7 +7,7 @@ process does.
 
 The two kinds of process alternate, so that a shared host's drift touches both alike. Prints
 the CPU, then per kind the median wall and CPU seconds (user + system) over the runs and
-whether scikit-learn and JAX were loaded.
+which of the skipped packages (scikit-learn, JAX, pandas, matplotlib) were loaded.
 """
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
 from lightcnn.machine import describe_cpu  # noqa: E402
+from pipeline.common.lean_imports import SKIPPED_INTEGRATIONS  # noqa: E402
 
-REPORT = "import json, sys; print(json.dumps({m: m in sys.modules for m in ('sklearn', 'jax')}))"
+REPORT = f"import json, sys; print(json.dumps({{m: m in sys.modules for m in {tuple(SKIPPED_INTEGRATIONS)!r}}}))"
 KINDS = {
     "stage process (import pipeline, then keras)": "import pipeline, keras; " + REPORT,
     "plain process (import keras)": "import keras; " + REPORT,

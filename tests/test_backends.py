@@ -124,16 +124,18 @@ def test_models_and_training_import_without_tensorflow():
 
 def test_stage_processes_load_no_unused_optional_integration():
     """pipeline/common/lean_imports.py: a process that imports `pipeline` first, as every stage
-    does, loads Keras and TensorFlow without scikit-learn and JAX (about 1.3 s less: python
-    benchmarks/import_time.py); both still import for any other caller."""
+    does, loads Keras and TensorFlow without scikit-learn, JAX, pandas and matplotlib (2.4 s of
+    CPU less: python benchmarks/import_time.py); each still imports for any other caller."""
     code = ("import sys, pipeline, keras, tensorflow\n"
-            "print(sorted(m for m in ('sklearn', 'jax') if m in sys.modules))\n"
-            "import sklearn.base, jax.numpy\n"
-            "print(keras.backend.backend(), int(jax.numpy.ones(3).sum()), sklearn.base.__name__)")
+            "print(sorted(m for m in ('sklearn', 'jax', 'pandas', 'matplotlib') if m in sys.modules))\n"
+            "import sklearn.base, jax.numpy, pandas, matplotlib.pyplot\n"
+            "print(keras.backend.backend(), int(jax.numpy.ones(3).sum()), len(pandas.DataFrame({'a': [1, 2]})),\n"
+            "      sklearn.base.__name__, matplotlib.pyplot.__name__)")
     result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                            timeout=600, env={**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"})
+                            timeout=600, env={**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3",
+                                              "MPLBACKEND": "Agg"})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.splitlines() == ["[]", "tensorflow 3 sklearn.base"]
+    assert result.stdout.splitlines() == ["[]", "tensorflow 3 2 sklearn.base matplotlib.pyplot"]
 
 
 # ----------------------------------------------------------------------------- in-memory data

@@ -5,6 +5,10 @@ TensorFlow and Keras (AMD EPYC, 2 cores; `python benchmarks/import_time.py` meas
 - Keras' scikit-learn wrappers (keras.wrappers) import scikit-learn, which MLflow installs.
 - tf.lite imports JAX for its JAX converter, and Keras' Orbax checkpoint callback imports JAX
   for a compatibility patch; JAX is installed for `train.backend: jax`.
+- Keras' array slicing imports pandas (and pandas pyarrow) to accept DataFrames in fit();
+  the stages give it arrays and tf.data datasets. MLflow installs both.
+- Keras' image-gallery plot imports matplotlib.pyplot; the stages that draw import matplotlib
+  themselves.
 
 Only those importers are refused, and each treats the package as optional: it catches the
 ImportError and carries on without it. Every other import is untouched: MLflow's scikit-learn,
@@ -20,6 +24,8 @@ import sys
 SKIPPED_INTEGRATIONS: dict[str, tuple[str, ...]] = {
     "sklearn": ("keras.src.wrappers.",),
     "jax": ("tensorflow.lite.python.util", "keras.src.callbacks.orbax_checkpoint"),
+    "pandas": ("keras.src.trainers.data_adapters.",),
+    "matplotlib": ("keras.src.visualization.",),
 }
 
 
