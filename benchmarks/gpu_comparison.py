@@ -36,6 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 DEFAULT_ARCHIVE = PROJECT_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
+import pipeline  # noqa: E402,F401  (first, as a stage process: pipeline/common/lean_imports.py)
 from lightcnn.models import MODEL_NAMES  # noqa: E402  (neither imports Keras)
 from lightcnn.study import STUDY_MODELS  # noqa: E402
 

@@ -10,8 +10,10 @@ import pytest
 from pipeline.common.lean_imports import skip_unused_integrations
 
 # The test processes start as the stage processes do (pipeline/__init__.py): without the
-# optional integrations TensorFlow and Keras would load for nothing (scikit-learn, JAX).
+# optional integrations TensorFlow and Keras would load for nothing (scikit-learn, JAX, pandas,
+# matplotlib). STAGE_START does the same first thing in the scripts tests run in a fresh Python.
 skip_unused_integrations()
+STAGE_START = "import pipeline  # starts as a stage process does (pipeline/common/lean_imports.py)\n"
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LIGHTCNN_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))

@@ -26,7 +26,7 @@ from lightcnn.models import ATTENTIONS, MODEL_MODES
 from lightcnn.training import BackendError, resolve_config, select_backend, train_model
 from lightcnn.training.config import Attention, ModelMode
 from tests.checkpoint_files import checkpoint_arrays
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, STAGE_START
 from tests.jax_processes import jax_cache, jax_environment  # noqa: F401  (jax_cache: a fixture)
 from tests.tiny_model import TINY_NAME, TINY_SPEC
 
@@ -46,7 +46,7 @@ def run_python(code: str, *, env: dict | None = None, timeout: int = 900, cwd: P
                check: bool = True) -> subprocess.CompletedProcess:
     """Run `code` in a fresh Python whose Keras backend is JAX and which cannot import TensorFlow."""
     environment = jax_environment(None, **(env or {}))
-    script = BLOCK_TENSORFLOW + textwrap.dedent(code)
+    script = BLOCK_TENSORFLOW + STAGE_START + textwrap.dedent(code)
     result = subprocess.run([sys.executable, "-c", script], cwd=cwd, env=environment, capture_output=True,
                             text=True, timeout=timeout)
     if check and result.returncode != 0:
@@ -237,7 +237,7 @@ print("SUMMARY", summary["resumed_from_epoch"], summary["epochs_run"], "tensorfl
 def start_jax_run(archive: Path, out_dir: Path, die: bool, cache: Path) -> subprocess.Popen:
     code = JAX_RUN.format(archive=str(archive), die=die, out_dir=str(out_dir))
     env = jax_environment(cache)
-    return subprocess.Popen([sys.executable, "-c", BLOCK_TENSORFLOW + code], cwd=PROJECT_ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-c", BLOCK_TENSORFLOW + STAGE_START + code], cwd=PROJECT_ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

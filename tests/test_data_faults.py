@@ -16,7 +16,7 @@ import pytest
 from lightcnn.data import DataError, download_file, fetch_dataset, load_manifest, make_dataset, preprocess_dataset
 from lightcnn.data import pipeline as input_pipeline
 from lightcnn.data.pipeline import verify_shards
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, STAGE_START
 from tests.data_helpers import RangeServer, build_cifar10_archive, build_class_tree, md5_of
 
 QUIET = dict(progress=False)
@@ -84,8 +84,8 @@ def test_a_full_disk_during_preprocess_is_a_clear_error_and_leaves_nothing_behin
     data = tmp_path / "data"
     fetch_dataset("folder", data / "raw", source=tmp_path / "tree", **QUIET)
     script = LIMITED_PREPROCESS.format(limit=FILE_SIZE_LIMIT, raw=str(data / "raw"), processed=str(data / "processed"))
-    result = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run([sys.executable, "-c", STAGE_START + script], cwd=PROJECT_ROOT, capture_output=True,
+                            text=True, timeout=300)
     assert result.returncode == 1, result.stderr[-2000:]
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("lightcnn.data.download.DataError: ran out of disk space while writing "

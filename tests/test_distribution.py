@@ -25,7 +25,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, STAGE_START
 from tests.jax_processes import jax_cache, jax_environment  # noqa: F401  (jax_cache: a fixture)
 from tests.checkpoint_files import checkpoint_arrays as weight_arrays
 from tests.test_backends import BLOCK_TENSORFLOW
@@ -74,7 +74,7 @@ TF_DATASETS = """
 
 def run(code: str, env: dict, block_tensorflow: bool) -> str:
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(PROJECT_ROOT), **env}
-    script = (BLOCK_TENSORFLOW if block_tensorflow else "") + code
+    script = (BLOCK_TENSORFLOW if block_tensorflow else "") + STAGE_START + code
     result = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, env=environment, capture_output=True,
                             text=True, timeout=1500)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
@@ -136,7 +136,7 @@ def test_two_jax_processes_train_together_and_end_with_identical_weights(tmp_pat
     for process_id in (0, 1):
         env = jax_environment(jax_cache, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
                               JAX_PROCESS_ID=str(process_id))
-        code = BLOCK_TENSORFLOW + textwrap.dedent(MULTI_PROCESS).format(
+        code = BLOCK_TENSORFLOW + STAGE_START + textwrap.dedent(MULTI_PROCESS).format(
             archive=str(cifar10_subset), out=str(tmp_path / f"process-{process_id}"))
         processes.append(subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=env,
                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))

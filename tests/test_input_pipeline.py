@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from lightcnn.data import DataError, fetch_dataset, load_manifest, make_dataset, preprocess_dataset
 from lightcnn.data.pipeline import random_shift_and_flip, read_examples, shift_and_flip
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, STAGE_START
 from tests.data_helpers import build_class_tree
 
 SIZE = 16
@@ -135,7 +135,7 @@ def test_random_shifts_stay_within_the_fraction_and_half_are_flipped():
 def test_stream_is_the_same_with_op_determinism_enabled(processed):
     # Training enables op determinism (a process-wide switch, hence the subprocess); the
     # pipeline must run under it and give the stream it gives without it.
-    script = (
+    script = STAGE_START + (
         "import tensorflow as tf\n"
         "from tests.test_input_pipeline import _digest\n"
         "from lightcnn.data import make_dataset\n"

@@ -27,7 +27,7 @@ from lightcnn.training import (
     seed_everything, train_model,
 )
 from tests.checkpoint_files import checkpoint_arrays
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, STAGE_START
 from tests.tiny_model import TINY_NAME, TINY_SPEC
 
 # ----------------------------------------------------------------------------- recipes
@@ -198,7 +198,7 @@ def assert_same_arrays(first: dict[str, np.ndarray], second: dict[str, np.ndarra
 CHILD_SCRIPT = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
-import keras
+""" + STAGE_START + """import keras
 from tests.test_training import run
 
 class KillAfterFirstEpoch(keras.callbacks.Callback):
