@@ -138,6 +138,24 @@ def test_stage_processes_load_no_unused_optional_integration():
     assert result.stdout.splitlines() == ["[]", "tensorflow 3 2 sklearn.base matplotlib.pyplot"]
 
 
+def test_import_time_benchmark_reads_a_fresh_interpreter():
+    """benchmarks/import_time.py's measurement, on a fresh interpreter that imports nothing (the
+    Keras imports it times are the test above's): wall and CPU seconds, the skipped packages
+    reported as not loaded; a failing import stops it, naming the command."""
+    import importlib.util
+
+    from pipeline.common.lean_imports import SKIPPED_INTEGRATIONS
+
+    spec = importlib.util.spec_from_file_location("import_time", PROJECT_ROOT / "benchmarks" / "import_time.py")
+    import_time = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(import_time)
+    wall, cpu, loaded = import_time.timed_import(import_time.REPORT)
+    assert wall > 0 and cpu >= 0
+    assert loaded == dict.fromkeys(SKIPPED_INTEGRATIONS, False)
+    with pytest.raises(SystemExit, match=r"`python -c 'import no_such_module'` failed with exit status 1"):
+        import_time.timed_import("import no_such_module")
+
+
 # ----------------------------------------------------------------------------- in-memory data
 
 
