@@ -12,8 +12,8 @@ eagerly and no stage uses: `import keras` on TensorFlow took 3.5 s of CPU instea
 
 Only those importers are refused, and each treats the package as optional: it catches the
 ImportError and carries on without it. Every other import is untouched: MLflow's scikit-learn
-and pandas, the Grad-CAM figure's matplotlib, and JAX for Keras' JAX backend (which imports it before tf.lite or the callback would ask; an
-imported module is never looked up again).
+and pandas, the Grad-CAM figure's matplotlib, and JAX for Keras' JAX backend (which imports it
+before tf.lite or the callback would ask; an imported module is never looked up again).
 """
 from __future__ import annotations
 
