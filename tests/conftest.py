@@ -1,24 +1,34 @@
 """Shared fixtures: where the real data lives (../shared/data beside the project)."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
-from pipeline.common.lean_imports import skip_unused_integrations
+# The test processes start as the stage processes do: `import pipeline` first, whose __init__
+# keeps the optional integrations TensorFlow and Keras would load for nothing (scikit-learn, JAX,
+# pandas, matplotlib) from loading. STAGE_START does the same in the scripts tests run in a
+# fresh Python.
+import pipeline  # noqa: F401  (pipeline/common/lean_imports.py)
 
-# The test processes start as the stage processes do (pipeline/__init__.py): without the
-# optional integrations TensorFlow and Keras would load for nothing (scikit-learn, JAX, pandas,
-# matplotlib). STAGE_START does the same first thing in the scripts tests run in a fresh Python.
-skip_unused_integrations()
 STAGE_START = "import pipeline  # starts as a stage process does (pipeline/common/lean_imports.py)\n"
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LIGHTCNN_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
 CIFAR10_JPEG = SHARED_DATA / "cifar10-jpeg.tar.gz"
 BIRDS_SAMPLE = SHARED_DATA / "birds-sample.tar.gz"
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """benchmarks/<name>.py as a module (benchmarks/ is no package)."""
+    spec = importlib.util.spec_from_file_location(name, PROJECT_ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ from lightcnn.models import ATTENTIONS, MODEL_MODES
 from lightcnn.training import BackendError, resolve_config, select_backend, train_model
 from lightcnn.training.config import Attention, ModelMode
 from tests.checkpoint_files import checkpoint_arrays
-from tests.conftest import PROJECT_ROOT, STAGE_START
+from tests.conftest import PROJECT_ROOT, STAGE_START, load_benchmark
 from tests.jax_processes import jax_cache, jax_environment  # noqa: F401  (jax_cache: a fixture)
 from tests.tiny_model import TINY_NAME, TINY_SPEC
 
@@ -101,11 +101,10 @@ def test_select_backend_refuses_to_switch_once_keras_is_loaded():
 
 
 def test_models_and_training_import_without_tensorflow():
-    """Also as a JAX train stage starts: `pipeline` imported first (its refusal of optional
+    """As a JAX train stage starts (run_python imports `pipeline` first: its refusal of optional
     imports, pipeline/common/lean_imports.py, leaves Keras' own import of JAX alone)."""
     result = run_python("""
         import os, sys
-        import pipeline
         os.environ.pop("KERAS_BACKEND")
         from lightcnn.training import resolve_config, select_backend
         assert "keras" not in sys.modules, "lightcnn.training imported keras before the backend was chosen"
@@ -144,13 +143,9 @@ def test_import_time_benchmark_reads_a_fresh_interpreter():
     """benchmarks/import_time.py's measurement, on a fresh interpreter that imports nothing (the
     Keras imports it times are the test above's): wall and CPU seconds, the skipped packages
     reported as not loaded; a failing import stops it, naming the command."""
-    import importlib.util
-
     from pipeline.common.lean_imports import SKIPPED_INTEGRATIONS
 
-    spec = importlib.util.spec_from_file_location("import_time", PROJECT_ROOT / "benchmarks" / "import_time.py")
-    import_time = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(import_time)
+    import_time = load_benchmark("import_time")
     wall, cpu, loaded = import_time.timed_import(import_time.REPORT)
     assert wall > 0 and cpu >= 0
     assert loaded == dict.fromkeys(SKIPPED_INTEGRATIONS, False)

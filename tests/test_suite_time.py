@@ -7,23 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import PROJECT_ROOT
-
-
-def suite_time_module():
-    """benchmarks/suite_time.py as a module (benchmarks/ is no package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("suite_time", PROJECT_ROOT / "benchmarks" / "suite_time.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import PROJECT_ROOT, load_benchmark
 
 
 def cgroup_root_for_slower_cores() -> Path | None:
     """Where --slower-cores would make its cgroup (the script's own choice), if this machine lets
     it: a container may show the cgroup files and still refuse a new cgroup."""
-    suite_time = suite_time_module()
+    suite_time = load_benchmark("suite_time")
     try:
         root = suite_time._cpu_cgroup_root()
         (root / f"lightcnn-suite-time-check-{os.getpid()}").mkdir()
@@ -97,7 +87,7 @@ def busy_loops() -> set[int]:
 
 def test_a_junit_xml_of_the_callers_own_is_the_one_read(tmp_path):
     """pytest keeps only the last --junitxml: the script reads the caller's, and adds none."""
-    suite_time = suite_time_module()
+    suite_time = load_benchmark("suite_time")
     default = tmp_path / "suite.xml"
     assert suite_time.junit_xml_path(["-x"], default) == (default, [f"--junitxml={default}", "-x"])
     mine = tmp_path / "mine.xml"
