@@ -14,7 +14,12 @@ The archive is decoded once, into a .npz in --work-dir; each model then trains i
 process (a clean compilation cache and a peak-memory reading of its own). On a GPU,
 `--probe-precisions` first times a few steps of each model in float32, mixed_bfloat16 and
 mixed_float16 (depthwise convolutions are slow in some XLA / mixed-precision combinations)
-and trains each model in its fastest precision.
+and trains each model in its fastest precision; `--probe-only` prints those speeds and trains
+nothing. `--jobs N` trains N models at once on the one device (each process allocates device
+memory as it needs it, not XLA's default 75%): the accuracies are unaffected, but each
+images/s is then a share of the device, not the model's speed alone, and the table says so.
+`--log-dir` keeps each worker's output in its own file; `--output` is rewritten as each
+model finishes, so a run stopped early keeps what it finished.
 """
 from __future__ import annotations
 
@@ -25,7 +30,9 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -46,6 +53,9 @@ def prepare_arrays(args: argparse.Namespace) -> Path:
     from lightcnn.data.arrays import load_image_arrays
 
     path = args.work_dir / "cifar10.npz"
+    if path.is_file():  # a --work-dir reused with the same archive and subset options
+        print(f"Reusing the decoded {path}", flush=True)
+        return path
     start = time.perf_counter()
     data = load_image_arrays(args.archive, max_per_class=args.max_per_class, seed=0)
     test = data["test"]
@@ -53,7 +63,9 @@ def prepare_arrays(args: argparse.Namespace) -> Path:
         test = test.subset(args.test_per_class)
     arrays = {f"{split}_{kind}": getattr(split_data, kind) for split, split_data in
               (("train", data["train"]), ("val", data["val"]), ("test", test)) for kind in ("images", "labels")}
-    np_module().savez(path, class_names=np_module().asarray(data["train"].class_names), **arrays)
+    tmp = path.with_name(f".{path.stem}.tmp.npz")  # savez keeps a name ending in .npz
+    np_module().savez(tmp, class_names=np_module().asarray(data["train"].class_names), **arrays)
+    tmp.replace(path)
     print(f"Decoded {args.archive.name}: {len(data['train'])} train, {len(data['val'])} val, {len(test)} test "
           f"images in {time.perf_counter() - start:.1f} s", flush=True)
     return path
@@ -83,14 +95,15 @@ def peak_memory() -> dict:
 
 def train_one(args: argparse.Namespace) -> dict:
     """Worker: train args.model and evaluate it on the test images."""
-    from lightcnn.training import resolve_config, select_backend
+    from lightcnn.training import resolve_config
+    from lightcnn.training.backend import prepare_process
 
     overrides = dict(backend="jax", precision=args.precision, steps_per_execution=args.steps_per_execution,
                      deterministic=not args.nondeterministic)
     if args.epochs is not None:
         overrides.update(epochs=args.epochs, warmup_epochs=min(2.0, args.epochs / 15))
     config = resolve_config("default", batch_size=args.batch_size, **overrides)  # None: the recipe's
-    select_backend(config.backend)
+    prepare_process(config)  # before JAX starts: the backend and XLA's deterministic-kernel flag
     import jax
     import keras
 
@@ -130,14 +143,18 @@ def train_one(args: argparse.Namespace) -> dict:
         "train_seconds": train_seconds,  # the whole train_model call: compilation, validation and writes included
         "images_per_second": steps_per_epoch * config.batch_size / (sum(steady) / len(steady)),
         "first_epoch_train_seconds": times.steps[0], "params": summary["params"], **peak_memory(),
+        "config": config.model_dump(mode="json"),  # the whole recipe, seed and model mode included
+        "versions": {"jax": jax.__version__, "keras": keras.__version__, "numpy": np_module().__version__},
     }
 
 
 def probe_one(args: argparse.Namespace) -> dict:
     """Worker: images/s of a few training steps of args.model in each precision."""
-    from lightcnn.training import resolve_config, select_backend
+    from lightcnn.training import resolve_config
+    from lightcnn.training.backend import prepare_process
 
-    select_backend("jax")
+    prepare_process(resolve_config("default", backend="jax", deterministic=not args.nondeterministic))
+    import jax
     import keras
     import numpy as np
 
@@ -150,7 +167,7 @@ def probe_one(args: argparse.Namespace) -> dict:
     speeds = {}
     for precision in PRECISIONS:
         config = resolve_config("default", backend="jax", precision=precision, batch_size=args.batch_size,
-                                steps_per_execution=args.steps_per_execution)
+                                steps_per_execution=args.steps_per_execution, deterministic=not args.nondeterministic)
         with dtype_policy(precision):
             model = build_model(args.model, 10, train.image_shape, mode=config.model_mode)
         if precision != "float32":
@@ -158,15 +175,15 @@ def probe_one(args: argparse.Namespace) -> dict:
         batches = training_batches(train, config.batch_size, seed=0, shift_fraction=config.shift_fraction,
                                    drop_remainder=True)
         compile_model(model, config, len(batches))
-        steps = min(len(batches), 60)
+        steps = min(len(batches), 100)
         model.fit(batches, steps_per_epoch=steps, epochs=1, verbose=0)  # compile and warm up
         start = time.perf_counter()
         model.fit(batches, steps_per_epoch=steps, epochs=1, verbose=0)
         speeds[precision] = steps * config.batch_size / (time.perf_counter() - start)
         del model
         keras.backend.clear_session()
-    return {"model": args.model, "images_per_second": speeds, "fastest": max(speeds, key=speeds.get),
-            "numpy": np.__version__}
+    return {"model": args.model, "device": str(jax.devices()[0].device_kind), "images_per_second": speeds,
+            "fastest": max(speeds, key=speeds.get), "numpy": np.__version__}
 
 
 def run_worker(args: argparse.Namespace, mode: str, model: str, precision: str) -> dict:
@@ -179,14 +196,46 @@ def run_worker(args: argparse.Namespace, mode: str, model: str, precision: str) 
         command += ["--epochs", str(args.epochs)]
     if args.nondeterministic:
         command.append("--nondeterministic")
-    if args.verbose:
+    if args.verbose or args.log_dir is not None:  # a log file holds the per-epoch lines
         command.append("--verbose")
-    result = subprocess.run(command, stdout=subprocess.PIPE, text=True)
-    found = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    environment = dict(os.environ)
+    if args.jobs > 1:  # several processes share the device: each takes memory as it needs it
+        environment["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+    if args.log_dir is None:
+        result = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=environment)
+        output = result.stdout
+    else:
+        log = args.log_dir / f"{mode}-{model}.log"
+        with log.open("w") as stream:
+            result = subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT, text=True, env=environment)
+        output = log.read_text()
+    found = [line for line in output.splitlines() if line.startswith("RESULT ")]
     if result.returncode != 0 or not found:
-        sys.exit(f"error: {mode} of {model} failed (exit {result.returncode}); its output is above\n"
-                 + result.stdout[-3000:])
+        raise WorkerFailed(f"error: {mode} of {model} failed (exit {result.returncode}); the end of its output:\n"
+                           + output[-3000:])
     return json.loads(found[-1][7:])
+
+
+class WorkerFailed(RuntimeError):
+    """A worker process exited with an error or without its RESULT line."""
+
+
+def run_workers(args: argparse.Namespace, mode: str, precisions: dict[str, str], report) -> list[dict]:
+    """Run one worker per model, args.jobs at a time; report(result) as each finishes.
+    Results come back in args.models' order; the first failure stops the run once the
+    workers already started have ended."""
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {pool.submit(run_worker, args, mode, model, precisions[model]): model for model in args.models}
+        results = {}
+        for future in as_completed(futures):
+            try:
+                results[futures[future]] = future.result()
+            except WorkerFailed as failure:
+                for pending in futures:
+                    pending.cancel()
+                sys.exit(str(failure))
+            report(results[futures[future]])
+    return [results[model] for model in args.models]
 
 
 def gib(value: float | None) -> str:
@@ -204,11 +253,16 @@ def main() -> None:
     parser.add_argument("--precision", default="float32", choices=PRECISIONS)
     parser.add_argument("--probe-precisions", action="store_true",
                         help="time each precision per model first and train each in its fastest")
+    parser.add_argument("--probe-only", action="store_true", help="time each precision per model, train nothing")
+    parser.add_argument("--jobs", type=int, default=1, help="models trained at once on the one device (default 1; "
+                        "more shares the device: images/s is then a share, not a model's own speed)")
     parser.add_argument("--steps-per-execution", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=None, help="global batch (default: the recipe's 128; "
                         "the learning rate follows it)")
     parser.add_argument("--nondeterministic", action="store_true", help="skip XLA's deterministic GPU kernels")
     parser.add_argument("--work-dir", type=Path, default=None)
+    parser.add_argument("--log-dir", type=Path, default=None,
+                        help="each worker's output, per-epoch lines included, in its own file here")
     parser.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--worker", choices=["train", "probe"], help=argparse.SUPPRESS)
@@ -223,40 +277,61 @@ def main() -> None:
 
     if not args.archive.is_file():
         sys.exit(f"error: {args.archive} not found; pass --archive (the CIFAR-10 class-folder JPEG archive)")
+    if len(set(args.models)) != len(args.models):
+        sys.exit(f"error: --models names a model twice ({' '.join(args.models)}); name each once")
+    if args.jobs < 1:
+        sys.exit(f"error: --jobs {args.jobs}: give 1 or more")
     args.work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="gpu-comparison-"))
     args.work_dir.mkdir(parents=True, exist_ok=True)
+    if args.log_dir is not None:
+        args.log_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     args.npz = prepare_arrays(args)
     precisions = {model: args.precision for model in args.models}
-    probes = []
-    if args.probe_precisions:
-        for model in args.models:
-            probes.append(run_worker(args, "probe", model, args.precision))
-            precisions[model] = probes[-1]["fastest"]
-            print(f"probe {model}: " + ", ".join(f"{p} {s:.0f}/s" for p, s in probes[-1]["images_per_second"].items()),
-                  flush=True)
-    rows = []
-    for model in args.models:
-        rows.append(run_worker(args, "train", model, precisions[model]))
-        row = rows[-1]
-        print(f"{model}: test accuracy {row['test_accuracy']:.4f}, {row['train_seconds']:.0f} s, "
-              f"{row['images_per_second']:.0f} images/s", flush=True)
-    device = rows[0]["device"] if rows else "?"
-    print(f"\nCIFAR-10, default recipe, {rows[0]['epochs']} epochs, JAX on {device} "
-          f"({rows[0]['train_images']} train / {rows[0]['test_images']} test images)\n")
-    print("| model | precision | test accuracy | training time (s) | images/s | peak device memory (GiB) |")
-    print("|---|---|---:|---:|---:|---:|")
-    for row in rows:
-        print(f"| {row['model']} | {row['precision']} | {100 * row['test_accuracy']:.2f}% | {row['train_seconds']:.0f} "
-              f"| {row['images_per_second']:.0f} | {gib(row['device_peak_bytes'])} |")
+    record = {"rows": [], "probes": [], "jobs": args.jobs, "command": " ".join(sys.argv)}
+    lock = threading.Lock()
+
+    def save() -> None:  # each time a worker finishes: a run stopped early keeps what it finished
+        if args.output:
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            tmp = args.output.with_name(f".{args.output.name}.tmp")
+            tmp.write_text(json.dumps({**record, "wall_seconds": time.perf_counter() - start}, indent=1))
+            tmp.replace(args.output)
+
+    def report_probe(probe: dict) -> None:
+        with lock:
+            record["probes"].append(probe)
+            save()
+            print(f"probe {probe['model']} ({probe['device']}, alone): "
+                  + ", ".join(f"{p} {s:.0f}/s" for p, s in probe["images_per_second"].items()), flush=True)
+
+    def report_row(row: dict) -> None:
+        with lock:
+            record["rows"].append(row)
+            save()
+            print(f"{row['model']}: test accuracy {row['test_accuracy']:.4f}, {row['train_seconds']:.0f} s, "
+                  f"{row['images_per_second']:.0f} images/s", flush=True)
+
+    if args.probe_precisions or args.probe_only:
+        jobs, args.jobs = args.jobs, 1  # speeds are each model's own: one probe at a time
+        for probe in run_workers(args, "probe", precisions, report_probe):
+            precisions[probe["model"]] = probe["fastest"]
+        args.jobs = jobs
+    if not args.probe_only:
+        rows = run_workers(args, "train", precisions, report_row)
+        record["rows"] = rows  # in args.models' order
+        share = (f"; {args.jobs} models trained at once, so images/s is each one's share of the device"
+                 if args.jobs > 1 and len(rows) > 1 else "")
+        print(f"\nCIFAR-10, default recipe, {rows[0]['epochs']} epochs, JAX on {rows[0]['device']} "
+              f"({rows[0]['train_images']} train / {rows[0]['test_images']} test images{share})\n")
+        print("| model | precision | test accuracy | training time (s) | images/s | peak device memory (GiB) |")
+        print("|---|---|---:|---:|---:|---:|")
+        for row in rows:
+            print(f"| {row['model']} | {row['precision']} | {100 * row['test_accuracy']:.2f}% "
+                  f"| {row['train_seconds']:.0f} | {row['images_per_second']:.0f} | {gib(row['device_peak_bytes'])} |")
     total = time.perf_counter() - start
     print(f"\nWall time, decoding and all models: {total:.0f} s")
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.output.with_name(f".{args.output.name}.tmp")
-        tmp.write_text(json.dumps({"device": device, "rows": rows, "probes": probes, "wall_seconds": total,
-                                   "command": " ".join(sys.argv)}, indent=1))
-        tmp.replace(args.output)
+    save()
 
 
 if __name__ == "__main__":

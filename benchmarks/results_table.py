@@ -15,9 +15,16 @@
     python benchmarks/results_table.py record-latency --name 2026-11-26-trained \
         --what "the four models trained on CIFAR-10, idle machine"
 
+    # Publish a run of benchmarks/gpu_comparison.py (its --output comparison.json and --log-dir
+    # logs in one folder) as docs/gpu/<name>/:
+    python benchmarks/results_table.py record-gpu --from gpu-out --name 2026-11-27-h200-cifar10-30ep \
+        --what "..." --command "..." --machine "NVIDIA H200, 16 CPU cores" --software "JAX 0.11.2, Keras 3.15.1" \
+        --training-data "..." --recipe "default: ..."
+
 The tables sit between their markers in README.md (`<!-- results-table:begin -->` ...);
 lightcnn/results.py describes the run folders (RUN_FORMAT), lightcnn/latency_record.py the
-latency folders; the README's latency tables come from the newest of those.
+latency folders and lightcnn/gpu_record.py the GPU comparison folders; the README's latency
+and GPU tables come from the newest of theirs.
 """
 from __future__ import annotations
 
@@ -31,11 +38,12 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from lightcnn import latency_record, results  # noqa: E402
+from lightcnn import gpu_record, latency_record, results  # noqa: E402
 
 DEFAULT_README = PROJECT_ROOT / "README.md"
 DEFAULT_RESULTS_DIR = PROJECT_ROOT / "docs" / "results"
 DEFAULT_LATENCY_DIR = PROJECT_ROOT / "docs" / "latency"
+DEFAULT_GPU_DIR = PROJECT_ROOT / "docs" / "gpu"
 DEFAULT_BENCH_OUT = PROJECT_ROOT / "benchmarks" / "results"
 
 
@@ -98,6 +106,24 @@ def record_latency(args: argparse.Namespace) -> None:
     print(f"recorded {folder}; now run `python benchmarks/results_table.py` and commit both")
 
 
+def record_gpu(args: argparse.Namespace) -> None:
+    record = {"name": args.name, "what": args.what, "command": args.command,
+              "git_commit": args.git_commit or _git_commit(PROJECT_ROOT),
+              "date": args.date or datetime.date.today().isoformat(), "machine": args.machine,
+              "software": args.software, "training_data": args.training_data, "recipe": args.recipe}
+    if args.notes:
+        record["notes"] = args.notes
+    folder = gpu_record.record_gpu_comparison(args.gpu_dir, args.source, record)
+    print(f"recorded {folder}; now run `python benchmarks/results_table.py` and commit both")
+
+
+def gpu_table(gpu_dir: Path) -> tuple[str, str, str]:
+    """The README's GPU section from the newest comparison in gpu_dir, with its markers."""
+    shown = gpu_dir.relative_to(PROJECT_ROOT) if gpu_dir.is_relative_to(PROJECT_ROOT) else gpu_dir
+    return (gpu_record.GPU_BEGIN_MARK, gpu_record.GPU_END_MARK,
+            gpu_record.render_gpu_section(gpu_record.latest_gpu_comparison(gpu_dir), str(shown)))
+
+
 def latency_tables(latency_dir: Path) -> list[tuple[str, str, str]]:
     """The README's latency tables from the newest measurement in latency_dir, with their markers."""
     measurement = latency_record.latest_latency(latency_dir)
@@ -113,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", type=Path, default=DEFAULT_README)
     parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR)
     parser.add_argument("--latency-dir", type=Path, default=DEFAULT_LATENCY_DIR)
+    parser.add_argument("--gpu-dir", type=Path, default=DEFAULT_GPU_DIR)
     parser.add_argument("--check", action="store_true", help="exit 1 if the README's table is out of date")
     parser.add_argument("--print", action="store_true", help="print the table, change nothing")
     commands = parser.add_subparsers(dest="command_name")
@@ -142,6 +169,19 @@ def main(argv: list[str] | None = None) -> int:
     lat.add_argument("--command", default=None, help="default: the command latency.json names")
     lat.add_argument("--git-commit", default=None)
     lat.add_argument("--date", default=None, help="ISO date of the measurement (default today)")
+    gpu = commands.add_parser("record-gpu", help="publish a run of benchmarks/gpu_comparison.py as docs/gpu/<name>/")
+    gpu.add_argument("--name", required=True, help="the folder name, e.g. 2026-11-27-h200-cifar10-30ep")
+    gpu.add_argument("--from", dest="source", type=Path, required=True,
+                     help="the folder holding the run's comparison.json (--output) and logs (--log-dir)")
+    gpu.add_argument("--what", required=True, help="what was run, in a few words")
+    gpu.add_argument("--command", required=True, help="the command that ran it")
+    gpu.add_argument("--machine", required=True, help="the accelerator and host, as the run printed them")
+    gpu.add_argument("--software", required=True, help="JAX, Keras, NumPy versions, as the run printed them")
+    gpu.add_argument("--training-data", required=True, help="what it trained on, with its source and split sizes")
+    gpu.add_argument("--recipe", required=True, help="the training settings: recipe, optimiser, seed, ...")
+    gpu.add_argument("--git-commit", default=None)
+    gpu.add_argument("--date", default=None, help="ISO date of the run (default today)")
+    gpu.add_argument("--notes", default=None)
     args = parser.parse_args(argv)
 
     try:
@@ -151,11 +191,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command_name == "record-latency":
             record_latency(args)
             return 0
+        if args.command_name == "record-gpu":
+            record_gpu(args)
+            return 0
         if args.print:
             print(results.render_table(results.load_runs(args.results_dir)), end="")
             return 0
         current = results.update_readme(args.readme, args.results_dir, check=args.check,
-                                        more_tables=latency_tables(args.latency_dir.resolve()))
+                                        more_tables=[*latency_tables(args.latency_dir.resolve()),
+                                                     gpu_table(args.gpu_dir.resolve())])
     except (ValueError, FileExistsError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -306,26 +306,34 @@ def test_jax_training_without_tensorflow_is_deterministic_and_resumes_exactly(tm
 
 def test_gpu_comparison_script_runs_without_tensorflow(tmp_path, cifar10_subset, jax_cache):
     """benchmarks/gpu_comparison.py end to end on the CPU, 1 epoch of a tiny subset: a test
-    that it works (on a machine without TensorFlow), not a timing. The smoke network: which
-    network the script trains is a name it passes on (41 s in the suite with our_small)."""
+    that it works (on a machine without TensorFlow), not a timing, and that what it writes is
+    what record-gpu publishes. The smoke network: which network the script trains is a name
+    it passes on (41 s in the suite with our_small). --jobs 2 with one model: the pool path."""
+    from lightcnn import gpu_record
+
     blocked = tmp_path / "no-tensorflow" / "tensorflow"
     blocked.mkdir(parents=True)
     (blocked / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'tensorflow' (blocked)\", "
                                          "name='tensorflow')\n")
-    output = tmp_path / "comparison.json"
+    out = tmp_path / "out"
     env = jax_environment(jax_cache, PYTHONPATH=f"{blocked.parent}{os.pathsep}{PROJECT_ROOT}")
     # 40 train images: 2 steps of 16 (1 execution of steps_per_execution 2), 10 val, 40 test.
     result = subprocess.run(
         [sys.executable, "benchmarks/gpu_comparison.py", "--archive", str(cifar10_subset), "--epochs", "1",
          "--max-per-class", "5", "--test-per-class", "4", "--models", "smoke", "--steps-per-execution", "2",
-         "--batch-size", "16",
-         "--work-dir", str(tmp_path / "work"), "--output", str(output)],
+         "--batch-size", "16", "--jobs", "2",
+         "--work-dir", str(tmp_path / "work"), "--output", str(out / "comparison.json"), "--log-dir", str(out)],
         cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "| smoke | float32 |" in result.stdout
-    (row,) = json.loads(output.read_text())["rows"]
+    (row,) = json.loads((out / "comparison.json").read_text())["rows"]
     assert (row["epochs"], row["batch_size"], row["train_images"], row["test_images"]) == (1, 16, 40, 40)
     assert 0 <= row["test_accuracy"] <= 1 and row["images_per_second"] > 0 and row["train_seconds"] > 0
+    assert (row["config"]["recipe"], row["config"]["backend"]) == ("default", "jax") and "keras" in row["versions"]
+    assert "Epoch 1/1" in (out / "train-smoke.log").read_text()
+    record = {key: "x" for key in gpu_record.RECORD_FIELDS} | {"name": "cpu-check", "date": "2026-11-27"}
+    folder = gpu_record.record_gpu_comparison(tmp_path / "gpu", out, record)
+    assert "| `smoke` |" in gpu_record.render_gpu_section(gpu_record.load_gpu_comparison(folder))
 
 
 def test_a_cifar_python_archive_is_checked_before_any_pickle_is_loaded(tmp_path):
