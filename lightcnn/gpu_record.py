@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -92,31 +91,18 @@ def record_gpu_comparison(gpu_dir: str | os.PathLike, source_dir: str | os.PathL
     """Copy gpu_comparison.py's output in source_dir (comparison.json and its logs) into
     gpu_dir/<record["name"]>/ with `record` (RECORD_FIELDS) added. Complete or not at all;
     never overwrites."""
-    gpu_dir, source_dir = Path(gpu_dir), Path(source_dir)
-    name = record.get("name") or ""
-    if not name or "/" in name or name.startswith("."):
-        raise ValueError(f"--name {name!r}: give a plain folder name, e.g. 2026-11-27-h200-cifar10-30ep")
-    target = gpu_dir / name
-    if target.exists():
-        raise FileExistsError(f"{target} exists already: give the comparison another name")
+    source_dir = Path(source_dir)
     if not (source_dir / GPU_FILE).is_file():
         raise FileNotFoundError(f"{source_dir / GPU_FILE} not found: run benchmarks/gpu_comparison.py with "
                                 f"--output {source_dir / GPU_FILE} --log-dir {source_dir} first")
     comparison = check_comparison(_read(source_dir / GPU_FILE, source_dir), source_dir, recorded=False)
-    gpu_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=gpu_dir))
-    try:
-        folder = staging / name
-        folder.mkdir()
+    with io.new_folder(gpu_dir, record.get("name") or "", "comparison") as folder:
         io.write_json(folder / GPU_FILE, {**comparison, "record": record})
         for pattern in LOG_PATTERNS:
             for log in sorted(source_dir.glob(pattern)):
                 shutil.copyfile(log, folder / log.name)
         load_gpu_comparison(folder)  # a folder the README cannot render is never kept
-        os.rename(folder, target)
-        return target
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    return Path(gpu_dir) / folder.name
 
 
 def _escape(text: str) -> str:

@@ -1,11 +1,12 @@
-"""Atomic file writes: write to a temporary name in the same folder, then rename.
+"""Atomic file and folder writes: write under a temporary name in the same folder, then rename.
 
-A reader (or a later stage) never sees a half-written file, even after a crash.
+A reader (or a later stage) never sees a half-written file or folder, even after a crash.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,3 +39,26 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+@contextmanager
+def new_folder(parent: str | os.PathLike, name: str, what: str = "folder") -> Iterator[Path]:
+    """Yield an empty folder to fill; when the block ends without an error it appears as
+    parent/name, complete, else nothing appears. Never overwrites: FileExistsError where
+    parent/name exists; ValueError for a name that is not a plain folder name (`what` names
+    the thing in both messages, e.g. "run", "measurement")."""
+    if not name or "/" in name or os.sep in name or name.startswith("."):
+        raise ValueError(f"{what} name {name!r}: give a plain folder name (no '/', not starting with '.')")
+    parent = Path(parent)
+    target = parent / name
+    if target.exists():
+        raise FileExistsError(f"{target} exists already: give the {what} another name")
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=parent))
+    try:
+        folder = staging / name
+        folder.mkdir()
+        yield folder
+        os.rename(folder, target)  # fails rather than replace a folder that appeared meanwhile
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -98,13 +97,7 @@ def record_latency(latency_dir: str | os.PathLike, source_dir: str | os.PathLike
     """Copy bench_latency.py's output in source_dir into latency_dir/<record["name"]>/ with `record`
     (RECORD_FIELDS; a missing command is taken from the measurement) added to its latency.json.
     Complete or not at all; never overwrites."""
-    latency_dir, source_dir = Path(latency_dir), Path(source_dir)
-    name = record.get("name") or ""
-    if not name or "/" in name or name.startswith("."):
-        raise ValueError(f"--name {name!r}: give a plain folder name, e.g. 2026-11-26-trained")
-    target = latency_dir / name
-    if target.exists():
-        raise FileExistsError(f"{target} exists already: give the measurement another name")
+    source_dir = Path(source_dir)
     source = source_dir / LATENCY_FILE
     if not source.is_file():
         raise FileNotFoundError(f"{source} not found: run `python benchmarks/bench_latency.py` first "
@@ -114,20 +107,13 @@ def record_latency(latency_dir: str | os.PathLike, source_dir: str | os.PathLike
     record = {**record, "command": record.get("command") or measurement["context"].get("command")}
     if not record["command"]:
         raise ValueError(f"{source} names no command (written before bench_latency.py recorded it): pass --command")
-    latency_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=latency_dir))
-    try:
-        folder = staging / name
-        folder.mkdir()
+    with io.new_folder(latency_dir, record.get("name") or "", "measurement") as folder:
         io.write_json(folder / LATENCY_FILE, {**measurement, "record": record})
         for file_name in COPIED_FILES:
             if (source_dir / file_name).is_file():
                 shutil.copyfile(source_dir / file_name, folder / file_name)
         load_latency(folder)  # a folder the README cannot render is never kept
-        os.rename(folder, target)
-        return target
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    return Path(latency_dir) / folder.name
 
 
 def main_results(measurement: dict) -> dict:

@@ -16,7 +16,6 @@ import datetime
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -380,23 +379,12 @@ def record_run(results_dir: str | os.PathLike, run: dict, metrics_files: dict[st
     The folder appears complete or not at all (built under a temporary name, then renamed);
     an existing run folder is never overwritten. Returns the folder.
     """
-    results_dir = Path(results_dir)
-    target = results_dir / run["name"]
-    if target.exists():
-        raise FileExistsError(f"{target} exists already: give the run another name")
     unknown = sorted(set(metrics_files) - set(METRICS_SUFFIXES))
     if unknown:
         raise ValueError(f"unknown metrics file kind(s) {unknown}; one of {', '.join(METRICS_SUFFIXES)}")
-    results_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{run['name']}.", dir=results_dir))
-    try:
-        folder = staging / run["name"]
-        folder.mkdir()
+    with io.new_folder(results_dir, run["name"], "run") as folder:
         for kind, source in metrics_files.items():
             shutil.copyfile(source, folder / f"{run['model']}{METRICS_SUFFIXES[kind]}")
         io.write_json(folder / RUN_FILE, run)
         load_run(folder)  # a folder the table cannot read is never committed
-        os.rename(folder, target)
-        return target
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    return Path(results_dir) / folder.name

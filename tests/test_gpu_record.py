@@ -20,8 +20,8 @@ SCRIPT = PROJECT_ROOT / "benchmarks" / "results_table.py"
 
 def _row(model: str, accuracy: float) -> dict:
     return {"model": model, "device": "Test GPU", "precision": "float32", "epochs": 30, "batch_size": 128,
-            "train_images": 40000, "test_images": 10000, "test_accuracy": accuracy, "best_val_accuracy": accuracy + 0.01,
-            "best_epoch": 29, "train_seconds": 300.0, "images_per_second": 6000.0, "device_peak_bytes": 2**30,
+            "train_images": 40000, "test_images": 10000, "test_accuracy": accuracy,
+            "best_val_accuracy": accuracy + 0.01, "best_epoch": 29, "train_seconds": 300.0, "images_per_second": 6000.0, "device_peak_bytes": 2**30,
             "params": 923137}
 
 
