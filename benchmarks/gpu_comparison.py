@@ -163,6 +163,7 @@ def probe_one(args: argparse.Namespace) -> dict:
     from lightcnn.training.backend import dtype_policy, keep_output_float32
     from lightcnn.training.optimizer import compile_model
 
+    began = time.perf_counter()
     train = load_split(args.npz, "train")
     speeds = {}
     for precision in PRECISIONS:
@@ -180,6 +181,9 @@ def probe_one(args: argparse.Namespace) -> dict:
         start = time.perf_counter()
         model.fit(batches, steps_per_epoch=steps, epochs=1, verbose=0)
         speeds[precision] = steps * config.batch_size / (time.perf_counter() - start)
+        # As each precision ends: a probe stopped early still says what it measured.
+        print(f"{args.model} {precision}: {speeds[precision]:.0f} images/s ({steps} steps of {config.batch_size}; "
+              f"{time.perf_counter() - began:.0f} s into the probe)", flush=True)
         del model
         keras.backend.clear_session()
     return {"model": args.model, "device": str(jax.devices()[0].device_kind), "images_per_second": speeds,
