@@ -5,7 +5,7 @@ the machine was just before and after (a fixed probe), since a shared host's spe
 
 Runs the README's test command (`pytest`, the project's settings: two xdist workers) from the
 project root in the current environment, then prints: the CPU (model, logical cores, whether
-it has AVX-512), the probe before and after (10 million Python additions; 40 float32 matrix
+it has AVX-512), the probe before and after (10 million Python additions; 10 float32 matrix
 products of 1500x1500 in NumPy), the suite's wall time against the target, and the summed
 test time per file, longest first. Exit status: pytest's, or 1 if the suite passed but took
 longer than the target.
@@ -19,7 +19,7 @@ and the suite share one cgroup made for the run, since Linux weighs processes ag
 other only within a group (sessions are groups of their own otherwise: autogroup). Linux and
 root only. What it does not slow: waits (sleeps, timeouts, the network on 127.0.0.1) and the
 disk, as on a slower CPU; the slowdown reached is measured (the Python probe, inside the
-emulation against outside it) and printed.
+emulation against outside it, the median of --probe-repeats runs) and printed.
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def probe() -> str:
     python_s = python_loop_seconds()
     matrix = np.random.default_rng(0).random((1500, 1500), dtype=np.float32)
     start = time.perf_counter()
-    for _ in range(40):
+    for _ in range(10):  # about 0.3 s on 2 cores, as long as the Python loop
         matrix @ matrix
     return f"python loop {python_s:.2f} s, numpy matmul {time.perf_counter() - start:.2f} s"
 
@@ -177,6 +177,9 @@ def main() -> int:
     parser.add_argument("--target-minutes", type=float, default=15.0)
     parser.add_argument("--slower-cores", action="store_true",
                         help="run the suite on cores made about 3x slower (see the module's docstring)")
+    parser.add_argument("--probe-repeats", type=int, default=3,
+                        help="with --slower-cores: runs of the Python probe in and outside the emulation, "
+                             "of which the median is taken (default 3)")
     parser.add_argument("--python-loop-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("pytest_args", nargs="*", help="after --: passed on to pytest")
     args = parser.parse_args()
@@ -188,15 +191,17 @@ def main() -> int:
     with contextlib.ExitStack() as stack:
         preexec_fn = None
         if args.slower_cores:
-            outside = python_loop_seconds_in()  # before the busy loops start
+            if args.probe_repeats < 1:
+                parser.error(f"--probe-repeats {args.probe_repeats}: give 1 or more")
+            outside = python_loop_seconds_in(repeats=args.probe_repeats)  # before the busy loops start
             try:
                 preexec_fn = stack.enter_context(slower_cores())
             except EmulationUnavailable as error:
                 print(f"error: {error}", file=sys.stderr)
                 return 2
-            inside = python_loop_seconds_in(preexec_fn)
+            inside = python_loop_seconds_in(preexec_fn, args.probe_repeats)
             print(f"slower cores: a busy loop at nice {BUSY_LOOP_NICE} on each of {len(os.sched_getaffinity(0))} "
-                  f"cores; the Python probe took (median of 3) {inside:.2f} s in the emulation against "
+                  f"cores; the Python probe took (median of {args.probe_repeats}) {inside:.2f} s in the emulation against "
                   f"{outside:.2f} s outside it: {inside / outside:.1f}x slower", flush=True)
         scratch = stack.enter_context(tempfile.TemporaryDirectory())
         junit, pytest_args = junit_xml_path(args.pytest_args, Path(scratch) / "suite.xml")

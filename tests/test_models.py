@@ -2,6 +2,8 @@
 attention variants, layer names the rest of the project relies on, and bad input."""
 from __future__ import annotations
 
+import functools
+
 import keras
 import numpy as np
 import pytest
@@ -11,6 +13,14 @@ from lightcnn.study import PUBLISHED_PARAMS, PUBLISHED_TRAINABLE_CIFAR10, STUDY_
 
 CIFAR_SHAPE = (32, 32, 3)
 BIRDS_SHAPE = (224, 224, 3)
+
+
+@functools.cache
+def cifar10_model(name: str) -> keras.Model:
+    """`name` for 10 classes at 32x32 in the default options, built once per module: for the
+    tests that only read a model (counts, layer names and settings, an inference pass). The
+    study's networks take 0.5 to 1.5 s each to build; seven tests read the same ones."""
+    return build_model(name, 10, CIFAR_SHAPE)
 
 
 def _trainable_count(model: keras.Model) -> int:
@@ -29,7 +39,7 @@ def test_parameter_counts_match_the_study(name):
     """In the default mode; the faithful mode has the very same weights (test_model_modes.py:
     test_modes_differ_in_no_weight), so its counts are these."""
     published = PUBLISHED_PARAMS[name]
-    cifar10 = build_model(name, 10, CIFAR_SHAPE)
+    cifar10 = cifar10_model(name)
     assert cifar10.count_params() == published[10]
     assert _trainable_count(cifar10) == PUBLISHED_TRAINABLE_CIFAR10[name]
     assert build_model(name, 100, CIFAR_SHAPE).count_params() == published[100]
@@ -37,7 +47,7 @@ def test_parameter_counts_match_the_study(name):
 
 
 def test_attention_and_stochastic_depth_switches_change_what_they_should():
-    se = build_model("our_small", 10)
+    se = cifar10_model("our_small")
     assert build_model("our_small", 10, stochastic_depth=False).count_params() == se.count_params()
     # "none" removes exactly the SE layers' weights.
     se_weights = sum(
@@ -52,7 +62,7 @@ def test_attention_and_stochastic_depth_switches_change_what_they_should():
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_forward_pass_gives_probabilities(name):
-    model = build_model(name, 10)
+    model = cifar10_model(name)
     probabilities = np.asarray(model(_random_images(3), training=False))
     assert probabilities.shape == (3, 10)
     assert np.all(probabilities >= 0)
@@ -78,14 +88,14 @@ def test_resolve_strides():
 
 def test_residuals_follow_the_stride():
     # mobilenetv3_small's first MB (16 -> 16) has stride 1 for CIFAR but 2 for birds.
-    cifar = {layer.name for layer in build_model("mobilenetv3_small", 10, CIFAR_SHAPE).layers}
+    cifar = {layer.name for layer in cifar10_model("mobilenetv3_small").layers}
     birds = {layer.name for layer in build_model("mobilenetv3_small", 10, (96, 96, 3), strides="birds").layers}
     assert "stage1_block1_add" in cifar
     assert "stage1_block1_add" not in birds
 
 
 def test_head_and_grad_cam_layer_names():
-    model = build_model("mobilenetv3_large", 10)
+    model = cifar10_model("mobilenetv3_large")
     top = model.get_layer("top_conv_act")
     assert top.activation is keras.activations.hard_silu
     assert top.output.shape[-1] == 1280  # the last 1x1 conv row
@@ -99,8 +109,8 @@ def test_head_and_grad_cam_layer_names():
 
 
 def test_stochastic_depth_survival_probabilities():
-    large = build_model("mobilenetv3_large", 10)
-    small = build_model("mobilenetv3_small", 10)
+    large = cifar10_model("mobilenetv3_large")
+    small = cifar10_model("mobilenetv3_small")
     assert large.get_layer("stage1_block1_add").survival_probability == pytest.approx(1 - 0.083)
     assert large.get_layer("stage6_block3_add").survival_probability == pytest.approx(1 - 0.083 * 6)
     assert small.get_layer("stage5_block3_add").survival_probability == pytest.approx(1 - 0.01 * 5)
@@ -119,7 +129,7 @@ def test_l2_on_every_kernel_and_zero_disables_it():
                 found.append(layer.kernel_regularizer)
         return found
 
-    with_l2 = regularizers(build_model("our_small", 10))
+    with_l2 = regularizers(cifar10_model("our_small"))
     assert with_l2 and all(isinstance(r, keras.regularizers.L2) and r.l2 == pytest.approx(5e-5) for r in with_l2)
     assert all(r is None for r in regularizers(build_model("our_small", 10, l2=0)))
 
@@ -135,7 +145,7 @@ def test_builtin_hard_swish_and_hard_sigmoid_are_the_spec_formulas():
 
 
 def test_csp_part2_gets_the_stage_activation():
-    model = build_model("our_large", 10)
+    model = cifar10_model("our_large")
     # Stage 3 is a hard-swish stage with stride 2: both part-2 rows end in hard-swish
     # (the original code left them without an activation).
     for name in ("stage3_part2_dw_conv_act", "stage3_part2_conv_act"):
