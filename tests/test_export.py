@@ -36,7 +36,9 @@ def _set_batchnorm_statistics(model: keras.Model, images: np.ndarray) -> None:
     model(images, training=True)
 
 
-@pytest.mark.parametrize("name", STUDY_MODELS)
+# our_small's float32 conversion is checked trained, on 1,000 images (the fixture below); its
+# block kinds (CSP stages, inverted residuals, SE, stochastic depth) are our_large's, checked here.
+@pytest.mark.parametrize("name", [name for name in STUDY_MODELS if name != "our_small"])
 def test_float32_tflite_matches_keras(name):
     keras.utils.set_random_seed(0)
     images = np.random.default_rng(0).random((6, 32, 32, 3), dtype=np.float32)
@@ -80,11 +82,13 @@ def trained_small_model(cifar10_subset):
 
 
 def test_trained_float32_agrees_exactly_with_keras(trained_small_model):
-    result = evaluate_tflite(TFLiteModel(trained_small_model["variants"]["float32"]),
-                             trained_small_model["test_images"], trained_small_model["test_labels"],
+    tflite = TFLiteModel(trained_small_model["variants"]["float32"])
+    result = evaluate_tflite(tflite, trained_small_model["test_images"], trained_small_model["test_labels"],
                              reference_probs=trained_small_model["keras_probs"])
     keras_top1 = np.mean(trained_small_model["keras_probs"].argmax(1) == trained_small_model["test_labels"])
 
+    assert tflite.image_shape == (32, 32, 3) and tflite.num_classes == 10
+    assert tflite.input_dtype == np.float32 and tflite.xnnpack_applied
     assert result["num_images"] == 1000
     assert result["agreement"] == 1.0 and result["max_abs_diff"] < 1e-4
     assert result["top1"] == pytest.approx(keras_top1)
