@@ -24,6 +24,7 @@ model finishes, so a run stopped early keeps what it finished.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
@@ -49,11 +50,14 @@ from lightcnn.study import STUDY_MODELS  # noqa: E402
 
 
 def prepare_arrays(args: argparse.Namespace) -> Path:
-    """Decode the archive once into work_dir/cifar10.npz (train, val, test); no Keras needed."""
+    """Decode the archive once into work_dir/cifar10-<digest of the options>.npz (train, val,
+    test); no Keras needed."""
     from lightcnn.data.arrays import load_image_arrays
 
-    path = args.work_dir / "cifar10.npz"
-    if path.is_file():  # a --work-dir reused with the same archive and subset options
+    # Named by what it holds: a --work-dir reused with another archive or subset decodes afresh.
+    source = [str(args.archive.resolve()), args.archive.stat().st_size, args.max_per_class, args.test_per_class]
+    path = args.work_dir / f"cifar10-{hashlib.sha256(json.dumps(source).encode()).hexdigest()[:12]}.npz"
+    if path.is_file():
         print(f"Reusing the decoded {path}", flush=True)
         return path
     start = time.perf_counter()
