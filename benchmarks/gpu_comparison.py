@@ -31,7 +31,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -45,7 +44,8 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 DEFAULT_ARCHIVE = PROJECT_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 import pipeline  # noqa: E402,F401  (first, as a stage process: pipeline/common/lean_imports.py)
-from lightcnn.models import MODEL_NAMES  # noqa: E402  (neither imports Keras)
+from lightcnn import io  # noqa: E402  (none of these imports Keras)
+from lightcnn.models import MODEL_NAMES  # noqa: E402
 from lightcnn.study import STUDY_MODELS  # noqa: E402
 
 
@@ -67,9 +67,8 @@ def prepare_arrays(args: argparse.Namespace) -> Path:
         test = test.subset(args.test_per_class)
     arrays = {f"{split}_{kind}": getattr(split_data, kind) for split, split_data in
               (("train", data["train"]), ("val", data["val"]), ("test", test)) for kind in ("images", "labels")}
-    tmp = path.with_name(f".{path.stem}.tmp.npz")  # savez keeps a name ending in .npz
-    np_module().savez(tmp, class_names=np_module().asarray(data["train"].class_names), **arrays)
-    tmp.replace(path)
+    with io.atomic_path(path, suffix=".npz") as tmp:  # savez keeps a name ending in .npz
+        np_module().savez(tmp, class_names=np_module().asarray(data["train"].class_names), **arrays)
     print(f"Decoded {args.archive.name}: {len(data['train'])} train, {len(data['val'])} val, {len(test)} test "
           f"images in {time.perf_counter() - start:.1f} s", flush=True)
     return path
@@ -194,7 +193,8 @@ def probe_one(args: argparse.Namespace) -> dict:
             "fastest": max(speeds, key=speeds.get), "numpy": np.__version__}
 
 
-def run_worker(args: argparse.Namespace, mode: str, model: str, precision: str) -> dict:
+def run_worker(args: argparse.Namespace, mode: str, model: str, precision: str, shared: bool) -> dict:
+    """One worker process; `shared`: others use the device at the same time."""
     command = [sys.executable, __file__, "--worker", mode, "--model", model, "--npz", str(args.npz),
                "--work-dir", str(args.work_dir), "--precision", precision,
                "--steps-per-execution", str(args.steps_per_execution)]
@@ -207,7 +207,7 @@ def run_worker(args: argparse.Namespace, mode: str, model: str, precision: str) 
     if args.verbose or args.log_dir is not None:  # a log file holds the per-epoch lines
         command.append("--verbose")
     environment = dict(os.environ)
-    if args.jobs > 1:  # several processes share the device: each takes memory as it needs it
+    if shared:  # several processes on the device: each takes memory as it needs it
         environment["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
     if args.log_dir is None:
         result = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=environment)
@@ -228,12 +228,13 @@ class WorkerFailed(RuntimeError):
     """A worker process exited with an error or without its RESULT line."""
 
 
-def run_workers(args: argparse.Namespace, mode: str, precisions: dict[str, str], report) -> list[dict]:
-    """Run one worker per model, args.jobs at a time; report(result) as each finishes.
+def run_workers(args: argparse.Namespace, mode: str, precisions: dict[str, str], report, jobs: int) -> list[dict]:
+    """Run one worker per model, `jobs` at a time; report(result) here, as each finishes.
     Results come back in args.models' order; the first failure stops the run once the
     workers already started have ended."""
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {pool.submit(run_worker, args, mode, model, precisions[model]): model for model in args.models}
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(run_worker, args, mode, model, precisions[model], jobs > 1): model
+                   for model in args.models}
         results = {}
         for future in as_completed(futures):
             try:
@@ -297,36 +298,29 @@ def main() -> None:
     args.npz = prepare_arrays(args)
     precisions = {model: args.precision for model in args.models}
     record = {"rows": [], "probes": [], "jobs": args.jobs, "command": " ".join(sys.argv)}
-    lock = threading.Lock()
 
     def save() -> None:  # each time a worker finishes: a run stopped early keeps what it finished
         if args.output:
-            args.output.parent.mkdir(parents=True, exist_ok=True)
-            tmp = args.output.with_name(f".{args.output.name}.tmp")
-            tmp.write_text(json.dumps({**record, "wall_seconds": time.perf_counter() - start}, indent=1))
-            tmp.replace(args.output)
+            io.write_text(args.output, json.dumps({**record, "wall_seconds": time.perf_counter() - start}, indent=1))
 
     def report_probe(probe: dict) -> None:
-        with lock:
-            record["probes"].append(probe)
-            save()
-            print(f"probe {probe['model']} ({probe['device']}, alone): "
-                  + ", ".join(f"{p} {s:.0f}/s" for p, s in probe["images_per_second"].items()), flush=True)
+        record["probes"].append(probe)
+        save()
+        print(f"probe {probe['model']} ({probe['device']}, alone): "
+              + ", ".join(f"{p} {s:.0f}/s" for p, s in probe["images_per_second"].items()), flush=True)
 
     def report_row(row: dict) -> None:
-        with lock:
-            record["rows"].append(row)
-            save()
-            print(f"{row['model']}: test accuracy {row['test_accuracy']:.4f}, {row['train_seconds']:.0f} s, "
-                  f"{row['images_per_second']:.0f} images/s", flush=True)
+        record["rows"].append(row)
+        save()
+        print(f"{row['model']}: test accuracy {row['test_accuracy']:.4f}, {row['train_seconds']:.0f} s, "
+              f"{row['images_per_second']:.0f} images/s", flush=True)
 
     if args.probe_precisions or args.probe_only:
-        jobs, args.jobs = args.jobs, 1  # speeds are each model's own: one probe at a time
-        for probe in run_workers(args, "probe", precisions, report_probe):
+        # Speeds are each model's own: one probe at a time.
+        for probe in run_workers(args, "probe", precisions, report_probe, jobs=1):
             precisions[probe["model"]] = probe["fastest"]
-        args.jobs = jobs
     if not args.probe_only:
-        rows = run_workers(args, "train", precisions, report_row)
+        rows = run_workers(args, "train", precisions, report_row, jobs=args.jobs)
         record["rows"] = rows  # in args.models' order
         share = (f"; {args.jobs} models trained at once, so images/s is each one's share of the device"
                  if args.jobs > 1 and len(rows) > 1 else "")

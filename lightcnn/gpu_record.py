@@ -78,10 +78,7 @@ def load_gpu_comparison(folder: str | os.PathLike) -> dict:
 
 def latest_gpu_comparison(gpu_dir: str | os.PathLike) -> dict | None:
     """The newest recorded comparison in gpu_dir (by record date, then name); None if there is none."""
-    gpu_dir = Path(gpu_dir)
-    folders = sorted(path for path in gpu_dir.iterdir() if path.is_dir() and not path.name.startswith(".")) \
-        if gpu_dir.is_dir() else []
-    comparisons = [load_gpu_comparison(folder) for folder in folders]
+    comparisons = [load_gpu_comparison(folder) for folder in io.finished_folders(gpu_dir)]
     if not comparisons:
         return None
     return max(comparisons, key=lambda c: (c["record"]["date"], c["record"]["name"]))

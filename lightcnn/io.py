@@ -41,6 +41,15 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def finished_folders(parent: str | os.PathLike) -> list[Path]:
+    """The folders under `parent` by name, without new_folder's staging ones (hidden: '.<name>.*')
+    or any other hidden folder; [] where `parent` does not exist."""
+    parent = Path(parent)
+    if not parent.is_dir():
+        return []
+    return sorted(path for path in parent.iterdir() if path.is_dir() and not path.name.startswith("."))
+
+
 @contextmanager
 def new_folder(parent: str | os.PathLike, name: str, what: str = "folder") -> Iterator[Path]:
     """Yield an empty folder to fill; when the block ends without an error it appears as

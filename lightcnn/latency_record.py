@@ -84,10 +84,7 @@ def load_latency(folder: str | os.PathLike) -> dict:
 def latest_latency(latency_dir: str | os.PathLike) -> dict | None:
     """The newest recorded measurement in latency_dir (by record date, then the time it started); None if
     there is none."""
-    latency_dir = Path(latency_dir)
-    folders = sorted(path for path in latency_dir.iterdir() if path.is_dir() and not path.name.startswith(".")) \
-        if latency_dir.is_dir() else []
-    measurements = [load_latency(folder) for folder in folders]
+    measurements = [load_latency(folder) for folder in io.finished_folders(latency_dir)]
     if not measurements:
         return None
     return max(measurements, key=lambda m: (m["record"]["date"], m["context"]["started_at"], m["record"]["name"]))

@@ -174,8 +174,7 @@ def load_runs(results_dir: str | os.PathLike) -> list[dict]:
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise RunFolderError(f"{results_dir}: no such folder of runs (one subfolder per run, each with {RUN_FILE})")
-    runs = [load_run(folder) for folder in sorted(results_dir.iterdir())
-            if folder.is_dir() and not folder.name.startswith(".")]
+    runs = [load_run(folder) for folder in io.finished_folders(results_dir)]
     return sorted(runs, key=lambda run: (run["date"], run["name"]))
 
 

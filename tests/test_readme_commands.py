@@ -297,13 +297,13 @@ def dry_repro(command: ReadmeCommand, context: CheckContext, repro_args: list[st
     params_file = copy / "params.yaml"
     original = params_file.read_bytes()
     argv = ["repro", *repro_args, "--dry", "--ignore-errors"]
-    env = {key: value for key, value in os.environ.items() if not key.startswith("DVC_")}
     try:
         if params_text is not None:
             params_file.write_text(params_text, encoding="utf-8")
         if _dvc_in_this_process(argv, copy) == 0:
             return
         # Refused: again in a process of its own, for DVC's message as a user sees it.
+        env = {key: value for key, value in os.environ.items() if not key.startswith("DVC_")}
         result = subprocess.run([sys.executable, "-m", "dvc", *argv], cwd=copy, capture_output=True, text=True,
                                 timeout=DRY_REPRO_TIMEOUT_S, env=env, stdin=subprocess.DEVNULL)
     finally:
