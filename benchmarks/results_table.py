@@ -21,10 +21,14 @@
         --what "..." --command "..." --machine "NVIDIA H200, 16 CPU cores" --software "JAX 0.11.2, Keras 3.15.1" \
         --training-data "..." --recipe "default: ..."
 
+    # Suite timings are recorded by the script that measures them:
+    python benchmarks/suite_time.py --record 2026-11-27-epyc-avx512
+
 The tables sit between their markers in README.md (`<!-- results-table:begin -->` ...);
 lightcnn/results.py describes the run folders (RUN_FORMAT), lightcnn/latency_record.py the
-latency folders and lightcnn/gpu_record.py the GPU comparison folders; the README's latency
-and GPU tables come from the newest of theirs.
+latency folders, lightcnn/gpu_record.py the GPU comparison folders and
+lightcnn/suite_record.py the suite timings; the README's latency and GPU tables come from the
+newest of theirs, the suite-time table from all.
 """
 from __future__ import annotations
 
@@ -38,12 +42,13 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from lightcnn import gpu_record, latency_record, results  # noqa: E402
+from lightcnn import gpu_record, latency_record, results, suite_record  # noqa: E402
 
 DEFAULT_README = PROJECT_ROOT / "README.md"
 DEFAULT_RESULTS_DIR = PROJECT_ROOT / "docs" / "results"
 DEFAULT_LATENCY_DIR = PROJECT_ROOT / "docs" / "latency"
 DEFAULT_GPU_DIR = PROJECT_ROOT / "docs" / "gpu"
+DEFAULT_SUITE_DIR = PROJECT_ROOT / "docs" / "suite-time"
 DEFAULT_BENCH_OUT = PROJECT_ROOT / "benchmarks" / "results"
 
 
@@ -124,6 +129,13 @@ def gpu_table(gpu_dir: Path) -> tuple[str, str, str]:
             gpu_record.render_gpu_section(gpu_record.latest_gpu_comparison(gpu_dir), str(shown)))
 
 
+def suite_table(suite_dir: Path) -> tuple[str, str, str]:
+    """The README's suite-time table from every timing recorded in suite_dir, with its markers."""
+    shown = suite_dir.relative_to(PROJECT_ROOT) if suite_dir.is_relative_to(PROJECT_ROOT) else suite_dir
+    return (suite_record.SUITE_BEGIN_MARK, suite_record.SUITE_END_MARK,
+            suite_record.render_suite_section(suite_record.load_records(suite_dir), str(shown)))
+
+
 def latency_tables(latency_dir: Path) -> list[tuple[str, str, str]]:
     """The README's latency tables from the newest measurement in latency_dir, with their markers."""
     measurement = latency_record.latest_latency(latency_dir)
@@ -140,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR)
     parser.add_argument("--latency-dir", type=Path, default=DEFAULT_LATENCY_DIR)
     parser.add_argument("--gpu-dir", type=Path, default=DEFAULT_GPU_DIR)
+    parser.add_argument("--suite-dir", type=Path, default=DEFAULT_SUITE_DIR)
     parser.add_argument("--check", action="store_true", help="exit 1 if the README's table is out of date")
     parser.add_argument("--print", action="store_true", help="print the table, change nothing")
     commands = parser.add_subparsers(dest="command_name")
@@ -199,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         current = results.update_readme(args.readme, args.results_dir, check=args.check,
                                         more_tables=[*latency_tables(args.latency_dir.resolve()),
-                                                     gpu_table(args.gpu_dir.resolve())])
+                                                     gpu_table(args.gpu_dir.resolve()),
+                                                     suite_table(args.suite_dir.resolve())])
     except (ValueError, FileExistsError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,14 +1,15 @@
 """Time the test suite on this machine, with what it needs to be read: the CPU, and how fast
 the machine was just before and after (a fixed probe), since a shared host's speed varies.
 
-    python benchmarks/suite_time.py [--target-minutes 15] [--slower-cores] [-- extra pytest arguments]
+    python benchmarks/suite_time.py [--target-minutes 15] [--slower-cores] [--record NAME] [-- pytest arguments]
 
 Runs the README's test command (`pytest`, the project's settings: two xdist workers) from the
 project root in the current environment, then prints: the CPU (model, logical cores, whether
 it has AVX-512), the probe before and after (10 million Python additions; 10 float32 matrix
 products of 1500x1500 in NumPy), the suite's wall time against the target, and the summed
 test time per file, longest first. Exit status: pytest's, or 1 if the suite passed but took
-longer than the target.
+longer than the target. --record NAME also writes all of it to docs/suite-time/NAME/suite.json
+(lightcnn/suite_record.py), from which the README's suite-time table is generated.
 
 --slower-cores runs the suite on cores made about three times slower, to see it on a machine
 like the slowest of ours (2.7x slower on this suite: a 2-core CPU without AVX-512) when none is
@@ -27,6 +28,7 @@ import argparse
 import collections
 import contextlib
 import ctypes
+import datetime
 import os
 import signal
 import statistics
@@ -37,9 +39,13 @@ import time
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
-from lightcnn.machine import describe_cpu
-
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT_ROOT))
+
+from lightcnn import suite_record  # noqa: E402
+from lightcnn.machine import describe_cpu, read_cpuinfo  # noqa: E402
+
+DEFAULT_RECORD_DIR = PROJECT_ROOT / "docs" / "suite-time"
 
 
 def python_loop_seconds() -> float:
@@ -50,7 +56,7 @@ def python_loop_seconds() -> float:
     return time.perf_counter() - start
 
 
-def probe() -> str:
+def probe() -> dict[str, float]:
     """How fast the machine is right now: pure Python, then NumPy matrix products."""
     import numpy as np
 
@@ -59,7 +65,11 @@ def probe() -> str:
     start = time.perf_counter()
     for _ in range(10):  # about 0.3 s on 2 cores, as long as the Python loop
         matrix @ matrix
-    return f"python loop {python_s:.2f} s, numpy matmul {time.perf_counter() - start:.2f} s"
+    return {"python_loop_seconds": round(python_s, 3), "matmul_seconds": round(time.perf_counter() - start, 3)}
+
+
+def describe_probe(speed: dict[str, float]) -> str:
+    return f"python loop {speed['python_loop_seconds']:.2f} s, numpy matmul {speed['matmul_seconds']:.2f} s"
 
 
 def per_file(junit_xml: Path) -> list[tuple[str, float, int]]:
@@ -71,6 +81,36 @@ def per_file(junit_xml: Path) -> list[tuple[str, float, int]]:
         seconds[name] += float(case.get("time", 0))
         tests[name] += 1
     return sorted(((name, seconds[name], tests[name]) for name in seconds), key=lambda row: -row[1])
+
+
+def test_counts(junit_xml: Path) -> dict[str, int]:
+    """{"total", "failed", "errors", "skipped"} from pytest's JUnit XML (all zero if it wrote none)."""
+    counts = dict.fromkeys(suite_record.TEST_COUNTS, 0)
+    if junit_xml.exists():
+        for suite in ElementTree.parse(junit_xml).iter("testsuite"):
+            for key, attribute in (("total", "tests"), ("failed", "failures"), ("errors", "errors"),
+                                   ("skipped", "skipped")):
+                counts[key] += int(suite.get(attribute, 0))
+    return counts
+
+
+def git_state() -> tuple[str, bool]:
+    """(commit, whether tracked files differ from it) of the project; ("unknown", True) outside git."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True).stdout
+
+    try:
+        return git("rev-parse", "HEAD").strip(), bool(git("status", "--porcelain", "--untracked-files=no").strip())
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown", True
+
+
+def check_record_name(record_dir: Path, name: str) -> None:
+    """Refuse a record name that cannot be written, before the suite runs (ValueError, FileExistsError)."""
+    if not name or "/" in name or os.sep in name or name.startswith("."):
+        raise ValueError(f"--record {name!r}: give a plain folder name (no '/', not starting with '.')")
+    if (record_dir / name).exists():
+        raise FileExistsError(f"--record {name!r}: {record_dir / name} exists already; give another name")
 
 
 def junit_xml_path(pytest_args: list[str], default: Path) -> tuple[Path, list[str]]:
@@ -180,19 +220,34 @@ def main() -> int:
     parser.add_argument("--probe-repeats", type=int, default=3,
                         help="with --slower-cores: runs of the Python probe in and outside the emulation, "
                              "of which the median is taken (default 3)")
+    parser.add_argument("--record", metavar="NAME", default=None,
+                        help="write what was measured to RECORD_DIR/NAME/suite.json (the README's suite-time "
+                             "table is generated from these folders); refused before the run if NAME exists")
+    parser.add_argument("--record-dir", type=Path, default=DEFAULT_RECORD_DIR,
+                        help="where --record writes (default docs/suite-time)")
+    parser.add_argument("--notes", default=None, help="with --record: anything the figures need, e.g. 'fresh clone'")
     parser.add_argument("--python-loop-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("pytest_args", nargs="*", help="after --: passed on to pytest")
     args = parser.parse_args()
     if args.python_loop_only:
         print(python_loop_seconds())
         return 0
+    if args.slower_cores and args.probe_repeats < 1:
+        parser.error(f"--probe-repeats {args.probe_repeats}: give 1 or more")
+    started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     print(f"CPU: {describe_cpu()}")
-    print(f"probe before: {probe()}", flush=True)
+    if args.record is not None:
+        try:
+            check_record_name(args.record_dir, args.record)
+        except (ValueError, FileExistsError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+    before = probe()
+    print(f"probe before: {describe_probe(before)}", flush=True)
+    emulation = None
     with contextlib.ExitStack() as stack:
         preexec_fn = None
         if args.slower_cores:
-            if args.probe_repeats < 1:
-                parser.error(f"--probe-repeats {args.probe_repeats}: give 1 or more")
             outside = python_loop_seconds_in(repeats=args.probe_repeats)  # before the busy loops start
             try:
                 preexec_fn = stack.enter_context(slower_cores())
@@ -203,6 +258,9 @@ def main() -> int:
             print(f"slower cores: a busy loop at nice {BUSY_LOOP_NICE} on each of {len(os.sched_getaffinity(0))} "
                   f"cores; the Python probe took (median of {args.probe_repeats}) {inside:.2f} s in the emulation against "
                   f"{outside:.2f} s outside it: {inside / outside:.1f}x slower", flush=True)
+            emulation = {"kind": "busy loop per core", "busy_loop_nice": BUSY_LOOP_NICE,
+                         "probe_repeats": args.probe_repeats, "probe_inside_seconds": round(inside, 3),
+                         "probe_outside_seconds": round(outside, 3)}
         scratch = stack.enter_context(tempfile.TemporaryDirectory())
         junit, pytest_args = junit_xml_path(args.pytest_args, Path(scratch) / "suite.xml")
         start = time.perf_counter()
@@ -210,7 +268,9 @@ def main() -> int:
                                 preexec_fn=preexec_fn)
         wall = time.perf_counter() - start
         files = per_file(junit) if junit.exists() else []
-    print(f"probe after: {probe()}")
+        counts = test_counts(junit)
+    after = probe()
+    print(f"probe after: {describe_probe(after)}")
     minutes, seconds = divmod(round(wall), 60)
     verdict = "within" if wall <= args.target_minutes * 60 else "OVER"
     print(f"suite: {minutes} min {seconds:02d} s wall (pytest exit {result.returncode}); {verdict} the "
@@ -218,6 +278,22 @@ def main() -> int:
     print(f"summed test time {sum(row[1] for row in files):.0f} s over {sum(row[2] for row in files)} tests:")
     for name, total, count in files:
         print(f"  {total:7.1f} s  {count:4d} tests  {name}")
+    if args.record is not None:
+        commit, dirty = git_state()
+        _, flags = read_cpuinfo()
+        record = {
+            "name": args.record, "date": started_at, "git_commit": commit, "git_dirty": dirty,
+            "command": " ".join(["python benchmarks/suite_time.py", *sys.argv[1:]]),
+            "cpu": describe_cpu(), "logical_cores": os.cpu_count() or 0,
+            "avx512": None if flags is None else "avx512f" in flags, "python": sys.version.split()[0],
+            "probe_before": before, "probe_after": after, "emulation": emulation,
+            "wall_seconds": round(wall, 1), "target_minutes": args.target_minutes, "pytest_exit": result.returncode,
+            "pytest_args": args.pytest_args, "tests": counts,
+            "files": [{"file": name, "seconds": round(total, 2), "tests": count} for name, total, count in files]}
+        if args.notes:
+            record["notes"] = args.notes
+        folder = suite_record.write_record(args.record_dir, record)
+        print(f"recorded {folder}; now run `python benchmarks/results_table.py` and commit both")
     return result.returncode or (1 if verdict == "OVER" else 0)
 
 

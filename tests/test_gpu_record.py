@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lightcnn import gpu_record
+from lightcnn import gpu_record, suite_record
 from lightcnn.study import PUBLISHED_ACCURACY
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -97,10 +97,12 @@ def test_record_gpu_command_publishes_and_the_readme_check_follows(tmp_path):
         (results.BEGIN_MARK, results.END_MARK), (results.TFLITE_BEGIN_MARK, results.TFLITE_END_MARK),
         (latency_record.LATENCY_BEGIN_MARK, latency_record.LATENCY_END_MARK),
         (latency_record.LEVERS_BEGIN_MARK, latency_record.LEVERS_END_MARK),
-        (gpu_record.GPU_BEGIN_MARK, gpu_record.GPU_END_MARK))) + "\n")
+        (gpu_record.GPU_BEGIN_MARK, gpu_record.GPU_END_MARK),
+        (suite_record.SUITE_BEGIN_MARK, suite_record.SUITE_END_MARK))) + "\n")
     (tmp_path / "runs").mkdir()
     common = ["--readme", str(readme), "--results-dir", str(tmp_path / "runs"), "--latency-dir",
-              str(tmp_path / "latency"), "--gpu-dir", str(tmp_path / "gpu")]
+              str(tmp_path / "latency"), "--gpu-dir", str(tmp_path / "gpu"),
+              "--suite-dir", str(tmp_path / "suite-time")]
 
     def script(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lightcnn import gpu_record, latency_record, results
+from lightcnn import gpu_record, latency_record, results, suite_record
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = PROJECT_ROOT / "benchmarks" / "results_table.py"
@@ -122,9 +122,11 @@ def test_record_latency_command_then_the_readme_check(tmp_path):
         (results.BEGIN_MARK, results.END_MARK), (results.TFLITE_BEGIN_MARK, results.TFLITE_END_MARK),
         (latency_record.LATENCY_BEGIN_MARK, latency_record.LATENCY_END_MARK),
         (latency_record.LEVERS_BEGIN_MARK, latency_record.LEVERS_END_MARK),
-        (gpu_record.GPU_BEGIN_MARK, gpu_record.GPU_END_MARK))) + "\n")
+        (gpu_record.GPU_BEGIN_MARK, gpu_record.GPU_END_MARK),
+        (suite_record.SUITE_BEGIN_MARK, suite_record.SUITE_END_MARK))) + "\n")
     common = ["--readme", str(readme), "--results-dir", str(tmp_path / "runs"), "--latency-dir",
-              str(tmp_path / "latency"), "--gpu-dir", str(tmp_path / "gpu")]
+              str(tmp_path / "latency"), "--gpu-dir", str(tmp_path / "gpu"),
+              "--suite-dir", str(tmp_path / "suite-time")]
     (tmp_path / "runs").mkdir()
 
     def script(*args: str) -> subprocess.CompletedProcess:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lightcnn import gpu_record, latency_record, results
+from lightcnn import gpu_record, latency_record, results, suite_record
 from lightcnn.study import PUBLISHED_ACCURACY
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -101,14 +101,16 @@ def test_check_fails_on_a_stale_readme_and_passes_after_a_rewrite(runs_dir, tmp_
     before, after = "# Project\n\nIntro.\n\n", "\n\n## Next section\n"
     latency = (f"\n\n{latency_record.LATENCY_BEGIN_MARK}\n{latency_record.LATENCY_END_MARK}\n\n"
                f"{latency_record.LEVERS_BEGIN_MARK}\n{latency_record.LEVERS_END_MARK}\n\n"
-               f"{gpu_record.GPU_BEGIN_MARK}\n{gpu_record.GPU_END_MARK}")
+               f"{gpu_record.GPU_BEGIN_MARK}\n{gpu_record.GPU_END_MARK}\n\n"
+               f"{suite_record.SUITE_BEGIN_MARK}\n{suite_record.SUITE_END_MARK}")
     readme.write_text(f"{before}{results.BEGIN_MARK}\n| an old table |\n{results.END_MARK}\n\n"
                       f"{results.TFLITE_BEGIN_MARK}\n{results.TFLITE_END_MARK}{latency}{after}")
 
     def script(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, str(SCRIPT), "--readme", str(readme), "--results-dir",
                                str(runs_dir), "--latency-dir", str(tmp_path / "no-latency-yet"),
-                               "--gpu-dir", str(tmp_path / "no-gpu-yet"), *args],
+                               "--gpu-dir", str(tmp_path / "no-gpu-yet"), "--suite-dir",
+                               str(tmp_path / "no-suite-time-yet"), *args],
                               capture_output=True, text=True, timeout=120)
 
     stale = script("--check")
@@ -117,10 +119,11 @@ def test_check_fails_on_a_stale_readme_and_passes_after_a_rewrite(runs_dir, tmp_
 
     assert script().returncode == 0
     text = readme.read_text()
-    assert text.startswith(before + results.BEGIN_MARK + "\n") and text.endswith(gpu_record.GPU_END_MARK + after)
+    assert text.startswith(before + results.BEGIN_MARK + "\n") and text.endswith(suite_record.SUITE_END_MARK + after)
     assert results.render_table(results.load_runs(runs_dir)) in text
     assert results.render_tflite_table(results.load_runs(runs_dir)) in text
     assert "No latency measurement recorded yet" in text and "No GPU comparison recorded yet" in text
+    assert "No suite timing recorded yet" in text
     assert script("--check").returncode == 0
 
     # A new run makes it stale again.

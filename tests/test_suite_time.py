@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from lightcnn import suite_record
 from tests.conftest import PROJECT_ROOT, load_benchmark
 
 
@@ -44,18 +47,73 @@ def run_suite_time(*args: str, exit_status: int = 1) -> tuple[subprocess.Popen, 
     return script, output, errors
 
 
-def test_suite_time_reports_cpu_probe_verdict_and_time_per_file(tmp_path):
+RECORD_NAME = "one-file"
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory) -> tuple[str, Path]:
+    """suite_time.py around one small file, recording what it measured: (its output, record dir)."""
+    tmp_path = tmp_path_factory.mktemp("suite-time")
+    # -v undoes the script's -q: the README's plain `pytest`, header included
+    _, output, _ = run_suite_time("--record", RECORD_NAME, "--record-dir", str(tmp_path / "records"), "--",
+                                  "tests/test_latency_record.py", "-v", "-p", "no:cacheprovider",
+                                  f"--basetemp={tmp_path / 'inner'}")
+    return output, tmp_path / "records"
+
+
+def test_suite_time_reports_cpu_probe_verdict_and_time_per_file(recorded):
     """The script around the README's test command as it runs (two xdist workers), whose own
     log also names its CPU: in its header, and once, from the controller, beside its wall
     time (a CI log is a figure with its machine, whatever machine CI ran on)."""
-    # -v undoes the script's -q: the README's plain `pytest`, header included
-    _, output, _ = run_suite_time("--", "tests/test_latency_record.py", "-v", "-p", "no:cacheprovider",
-                                  f"--basetemp={tmp_path / 'inner'}")
+    output, _ = recorded
     (row,) = re.findall(r"^ +(\d+\.\d) s +(\d+) tests +test_latency_record\.py$", output, re.M)
     assert int(row[1]) >= 4 and float(row[0]) > 0, row
     assert re.search(rf"^cpu: {CPU}$", output, re.M), output[:3000]
     summaries = re.findall(rf"^suite time: \d+ min \d\d s wall on {CPU} \(the goal: under 15 min", output, re.M)
     assert len(summaries) == 1, output[-3000:]  # the controller's only, not one per worker
+
+
+def test_the_record_holds_what_was_printed_and_renders_as_a_table_row(recorded):
+    """--record writes what the run printed (CPU, probes, wall time, tests, per-file time) and
+    the commit; the README table shows it as a run of one file, and says what a run on a CPU
+    without AVX-512 (the goal's machine) would say."""
+    output, record_dir = recorded
+    record = suite_record.load_record(record_dir / RECORD_NAME)
+    assert f"CPU: {record['cpu']}" in output and record["logical_cores"] == os.cpu_count()
+    assert record["avx512"] is record["cpu"].endswith(", AVX-512")
+    assert f"probe before: python loop {record['probe_before']['python_loop_seconds']:.2f} s" in output
+    minutes, seconds = divmod(round(record["wall_seconds"]), 60)
+    assert f"suite: {minutes} min {seconds:02d} s wall (pytest exit 0)" in output
+    assert record["tests"] == {"total": int(re.search(r"(\d+) passed", output).group(1)), "failed": 0,
+                               "errors": 0, "skipped": 0}
+    assert [f["file"] for f in record["files"]] == ["test_latency_record.py"] and record["files"][0]["seconds"] > 0
+    assert record["pytest_args"][0] == "tests/test_latency_record.py" and record["emulation"] is None
+    assert re.fullmatch(r"[0-9a-f]{40}", record["git_commit"]), record["git_commit"]
+
+    table = suite_record.render_suite_section([record], "records")
+    (row,) = [line for line in table.splitlines() if line.startswith(f"| `{RECORD_NAME}` |")]
+    assert f"{record['tests']['total']} of {record['tests']['total']} (only tests/test_latency_record.py" in row
+    assert "| as they are |" in row and "**no** (goal 0 min)" in row  # a target of 0: over it
+    assert "has no record on such a CPU yet" in table  # a run of one file says nothing of the goal
+    on_the_goals_machine = {**record, "avx512": False, "logical_cores": 2, "pytest_args": [], "target_minutes": 15}
+    assert "the suite took" in suite_record.render_suite_section([on_the_goals_machine])
+
+
+def test_a_record_name_in_use_or_malformed_is_refused_before_the_suite_runs(recorded):
+    _, record_dir = recorded
+    for name, problem in ((RECORD_NAME, "exists already"), ("a/b", "plain folder name")):
+        _, output, errors = run_suite_time("--record", name, "--record-dir", str(record_dir), "--", "--version",
+                                           exit_status=2)
+        assert problem in errors and "probe before" not in output, output + errors
+
+
+def test_a_record_missing_a_field_is_refused_by_name(recorded, tmp_path):
+    _, record_dir = recorded
+    record = suite_record.load_record(record_dir / RECORD_NAME)
+    del record["wall_seconds"]
+    with pytest.raises(suite_record.SuiteRecordError, match="lacks wall_seconds"):
+        suite_record.write_record(tmp_path, {**record, "name": "broken"})
+    assert not (tmp_path / "broken").exists()
 
 
 def test_slower_cores_measure_their_slowdown_and_leave_nothing_behind():
