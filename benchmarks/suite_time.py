@@ -9,7 +9,8 @@ it has AVX-512), the probe before and after (10 million Python additions; 10 flo
 products of 1500x1500 in NumPy), the suite's wall time against the target, and the summed
 test time per file, longest first. Exit status: pytest's, or 1 if the suite passed but took
 longer than the target. --record NAME also writes all of it to docs/suite-time/NAME/suite.json
-(lightcnn/suite_record.py), from which the README's suite-time table is generated.
+(lightcnn/suite_record.py) and regenerates the README's suite-time table from those folders
+(`python benchmarks/results_table.py`), so that the next run's README check passes: commit both.
 
 --slower-cores runs the suite on cores made about three times slower, to see it on a machine
 like the slowest of ours (2.7x slower on this suite: a 2-core CPU without AVX-512) when none is
@@ -30,6 +31,7 @@ import contextlib
 import ctypes
 import datetime
 import os
+import shlex
 import signal
 import statistics
 import subprocess
@@ -283,7 +285,7 @@ def main() -> int:
         _, flags = read_cpuinfo()
         record = {
             "name": args.record, "date": started_at, "git_commit": commit, "git_dirty": dirty,
-            "command": " ".join(["python benchmarks/suite_time.py", *sys.argv[1:]]),
+            "command": shlex.join(["python", "benchmarks/suite_time.py", *sys.argv[1:]]),
             "cpu": describe_cpu(), "logical_cores": os.cpu_count() or 0,
             "avx512": None if flags is None else "avx512f" in flags, "python": sys.version.split()[0],
             "probe_before": before, "probe_after": after, "emulation": emulation,
@@ -293,7 +295,16 @@ def main() -> int:
         if args.notes:
             record["notes"] = args.notes
         folder = suite_record.write_record(args.record_dir, record)
-        print(f"recorded {folder}; now run `python benchmarks/results_table.py` and commit both")
+        print(f"recorded {folder}")
+        if args.record_dir.resolve() == DEFAULT_RECORD_DIR.resolve():
+            # The README's table at once: else the next run's README check fails on the new record.
+            table = subprocess.run([sys.executable, str(PROJECT_ROOT / "benchmarks" / "results_table.py")],
+                                   cwd=PROJECT_ROOT)
+            print("commit the record and README.md together" if table.returncode == 0 else
+                  "the README's tables could not be regenerated (above): the record is kept; fix, then run "
+                  "`python benchmarks/results_table.py`")
+        else:
+            print(f"not this project's {DEFAULT_RECORD_DIR.relative_to(PROJECT_ROOT)}: README.md left as it was")
     return result.returncode or (1 if verdict == "OVER" else 0)
 
 

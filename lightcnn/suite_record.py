@@ -99,7 +99,7 @@ def _the_goal_on_avx2(records: list[dict]) -> str:
     if not real:
         return ("**The goal (under 15 min on 2 cores without AVX-512) has no record on such a CPU yet**: "
                 "none was available. Run `python benchmarks/suite_time.py --record NAME` on one and commit "
-                "the folder.")
+                "its folder with the README.")
     newest = real[-1]
     verdict = "within" if within_target(newest) else "**over**"
     return (f"On a CPU without AVX-512 (newest: `{newest['name']}`, {newest['cpu']}), the suite took "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -80,6 +81,7 @@ def test_the_record_holds_what_was_printed_and_renders_as_a_table_row(recorded):
     output, record_dir = recorded
     record = suite_record.load_record(record_dir / RECORD_NAME)
     assert f"CPU: {record['cpu']}" in output and record["logical_cores"] == os.cpu_count()
+    assert "README.md left as it was" in output  # a record kept elsewhere than docs/suite-time
     assert record["avx512"] is record["cpu"].endswith(", AVX-512")
     assert f"probe before: python loop {record['probe_before']['python_loop_seconds']:.2f} s" in output
     minutes, seconds = divmod(round(record["wall_seconds"]), 60)
@@ -89,6 +91,9 @@ def test_the_record_holds_what_was_printed_and_renders_as_a_table_row(recorded):
     assert [f["file"] for f in record["files"]] == ["test_latency_record.py"] and record["files"][0]["seconds"] > 0
     assert record["pytest_args"][0] == "tests/test_latency_record.py" and record["emulation"] is None
     assert re.fullmatch(r"[0-9a-f]{40}", record["git_commit"]), record["git_commit"]
+    command = shlex.split(record["command"])  # the command as run, quoted to be run again
+    assert command[:4] == ["python", "benchmarks/suite_time.py", "--target-minutes", "0"]
+    assert command[-len(record["pytest_args"]):] == record["pytest_args"] and RECORD_NAME in command
 
     table = suite_record.render_suite_section([record], "records")
     (row,) = [line for line in table.splitlines() if line.startswith(f"| `{RECORD_NAME}` |")]
