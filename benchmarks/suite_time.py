@@ -44,7 +44,7 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from lightcnn import suite_record  # noqa: E402
+from lightcnn import io, suite_record  # noqa: E402
 from lightcnn.machine import describe_cpu, read_cpuinfo  # noqa: E402
 
 DEFAULT_RECORD_DIR = PROJECT_ROOT / "docs" / "suite-time"
@@ -85,7 +85,7 @@ def per_file(junit_xml: Path) -> list[tuple[str, float, int]]:
     return sorted(((name, seconds[name], tests[name]) for name in seconds), key=lambda row: -row[1])
 
 
-def test_counts(junit_xml: Path) -> dict[str, int]:
+def junit_counts(junit_xml: Path) -> dict[str, int]:
     """{"total", "failed", "errors", "skipped"} from pytest's JUnit XML (all zero if it wrote none)."""
     counts = dict.fromkeys(suite_record.TEST_COUNTS, 0)
     if junit_xml.exists():
@@ -105,14 +105,6 @@ def git_state() -> tuple[str, bool]:
         return git("rev-parse", "HEAD").strip(), bool(git("status", "--porcelain", "--untracked-files=no").strip())
     except (OSError, subprocess.CalledProcessError):
         return "unknown", True
-
-
-def check_record_name(record_dir: Path, name: str) -> None:
-    """Refuse a record name that cannot be written, before the suite runs (ValueError, FileExistsError)."""
-    if not name or "/" in name or os.sep in name or name.startswith("."):
-        raise ValueError(f"--record {name!r}: give a plain folder name (no '/', not starting with '.')")
-    if (record_dir / name).exists():
-        raise FileExistsError(f"--record {name!r}: {record_dir / name} exists already; give another name")
 
 
 def junit_xml_path(pytest_args: list[str], default: Path) -> tuple[Path, list[str]]:
@@ -240,7 +232,7 @@ def main() -> int:
     print(f"CPU: {describe_cpu()}")
     if args.record is not None:
         try:
-            check_record_name(args.record_dir, args.record)
+            io.check_new_folder(args.record_dir, args.record, "suite-time record")  # now, not after the suite
         except (ValueError, FileExistsError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
@@ -270,7 +262,7 @@ def main() -> int:
                                 preexec_fn=preexec_fn)
         wall = time.perf_counter() - start
         files = per_file(junit) if junit.exists() else []
-        counts = test_counts(junit)
+        counts = junit_counts(junit)
     after = probe()
     print(f"probe after: {describe_probe(after)}")
     minutes, seconds = divmod(round(wall), 60)

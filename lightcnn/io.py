@@ -50,18 +50,25 @@ def finished_folders(parent: str | os.PathLike) -> list[Path]:
     return sorted(path for path in parent.iterdir() if path.is_dir() and not path.name.startswith("."))
 
 
+def check_new_folder(parent: str | os.PathLike, name: str, what: str = "folder") -> None:
+    """Raise now what new_folder(parent, name, what) would: ValueError for a name that is not a
+    plain folder name, FileExistsError where parent/name exists. For a caller that must refuse
+    before long work whose result goes there."""
+    if not name or "/" in name or os.sep in name or name.startswith("."):
+        raise ValueError(f"{what} name {name!r}: give a plain folder name (no '/', not starting with '.')")
+    if (Path(parent) / name).exists():
+        raise FileExistsError(f"{Path(parent) / name} exists already: give the {what} another name")
+
+
 @contextmanager
 def new_folder(parent: str | os.PathLike, name: str, what: str = "folder") -> Iterator[Path]:
     """Yield an empty folder to fill; when the block ends without an error it appears as
     parent/name, complete, else nothing appears. Never overwrites: FileExistsError where
     parent/name exists; ValueError for a name that is not a plain folder name (`what` names
     the thing in both messages, e.g. "run", "measurement")."""
-    if not name or "/" in name or os.sep in name or name.startswith("."):
-        raise ValueError(f"{what} name {name!r}: give a plain folder name (no '/', not starting with '.')")
+    check_new_folder(parent, name, what)
     parent = Path(parent)
     target = parent / name
-    if target.exists():
-        raise FileExistsError(f"{target} exists already: give the {what} another name")
     parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=parent))
     try:
