@@ -127,7 +127,8 @@ def render_suite_section(records: list[dict], suite_dir: str = "docs/suite-time"
                      f"| {'yes' if within_target(r) else '**no**'} (goal {r['target_minutes']:g} min) "
                      f"| {summed:.0f} s | {r['probe_before']['python_loop_seconds']:.2f} s / "
                      f"{r['probe_after']['python_loop_seconds']:.2f} s |")
-    lines += ["", _the_goal_on_avx2(records), "",
+    notes = [f"- `{r['name']}`: {r['notes']}" for r in records if r.get("notes")]
+    lines += ["", *(["Notes recorded with the runs:", "", *notes, ""] if notes else []), _the_goal_on_avx2(records), "",
               "Wall time of the README's test command (`pytest`, two xdist workers) run by "
               "`benchmarks/suite_time.py`, without the install; summed test time adds up every test's own "
               "time over both workers; the probe is a loop of 10 million Python additions, timed before and "

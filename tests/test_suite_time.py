@@ -49,6 +49,7 @@ def run_suite_time(*args: str, exit_status: int = 1) -> tuple[subprocess.Popen, 
 
 
 RECORD_NAME = "one-file"
+NOTES = "one file's tests, to test the record"
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,8 @@ def recorded(tmp_path_factory) -> tuple[str, Path]:
     """suite_time.py around one small file, recording what it measured: (its output, record dir)."""
     tmp_path = tmp_path_factory.mktemp("suite-time")
     # -v undoes the script's -q: the README's plain `pytest`, header included
-    _, output, _ = run_suite_time("--record", RECORD_NAME, "--record-dir", str(tmp_path / "records"), "--",
+    _, output, _ = run_suite_time("--record", RECORD_NAME, "--record-dir", str(tmp_path / "records"),
+                                  "--notes", NOTES, "--",
                                   "tests/test_latency_record.py", "-v", "-p", "no:cacheprovider",
                                   f"--basetemp={tmp_path / 'inner'}")
     return output, tmp_path / "records"
@@ -100,6 +102,7 @@ def test_the_record_holds_what_was_printed_and_renders_as_a_table_row(recorded):
     assert f"{record['tests']['total']} of {record['tests']['total']} (only tests/test_latency_record.py" in row
     assert "| as they are |" in row and "**no** (goal 0 min)" in row  # a target of 0: over it
     assert "has no record on such a CPU yet" in table  # a run of one file says nothing of the goal
+    assert f"- `{RECORD_NAME}`: {NOTES}" in table
     on_the_goals_machine = {**record, "avx512": False, "logical_cores": 2, "pytest_args": [], "target_minutes": 15}
     assert "the suite took" in suite_record.render_suite_section([on_the_goals_machine])
 
