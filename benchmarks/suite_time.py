@@ -265,9 +265,8 @@ def main() -> int:
         counts = junit_counts(junit)
     after = probe()
     print(f"probe after: {describe_probe(after)}")
-    minutes, seconds = divmod(round(wall), 60)
     verdict = "within" if wall <= args.target_minutes * 60 else "OVER"
-    print(f"suite: {minutes} min {seconds:02d} s wall (pytest exit {result.returncode}); {verdict} the "
+    print(f"suite: {suite_record.minutes_and_seconds(wall)} wall (pytest exit {result.returncode}); {verdict} the "
           f"{args.target_minutes:g}-minute target")
     print(f"summed test time {sum(row[1] for row in files):.0f} s over {sum(row[2] for row in files)} tests:")
     for name, total, count in files:

@@ -11,7 +11,6 @@ Light on purpose: no Keras or JAX import, so the README check runs in a second.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -62,18 +61,9 @@ def check_comparison(comparison: Any, folder: Path, recorded: bool = True) -> di
     return comparison
 
 
-def _read(path: Path, folder: Path) -> Any:
-    _check(path.is_file(), folder, f"no {path.name}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise GpuFolderError(f"{folder}: {path.name} is not valid JSON ({error})") from error
-
-
 def load_gpu_comparison(folder: str | os.PathLike) -> dict:
     """A recorded comparison, checked (GpuFolderError naming the problem otherwise)."""
-    folder = Path(folder)
-    return check_comparison(_read(folder / GPU_FILE, folder), folder)
+    return check_comparison(io.read_json_in(folder, GPU_FILE, GpuFolderError), Path(folder))
 
 
 def latest_gpu_comparison(gpu_dir: str | os.PathLike) -> dict | None:
@@ -92,7 +82,7 @@ def record_gpu_comparison(gpu_dir: str | os.PathLike, source_dir: str | os.PathL
     if not (source_dir / GPU_FILE).is_file():
         raise FileNotFoundError(f"{source_dir / GPU_FILE} not found: run benchmarks/gpu_comparison.py with "
                                 f"--output {source_dir / GPU_FILE} --log-dir {source_dir} first")
-    comparison = check_comparison(_read(source_dir / GPU_FILE, source_dir), source_dir, recorded=False)
+    comparison = check_comparison(io.read_json_in(source_dir, GPU_FILE, GpuFolderError), source_dir, recorded=False)
     with io.new_folder(gpu_dir, record.get("name") or "", "comparison") as folder:
         io.write_json(folder / GPU_FILE, {**comparison, "record": record})
         for pattern in LOG_PATTERNS:

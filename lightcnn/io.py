@@ -41,6 +41,19 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def read_json_in(folder: str | os.PathLike, file_name: str, error: type[Exception]) -> Any:
+    """folder/file_name decoded; else `error` naming the folder and the problem (no such file,
+    or not valid JSON). For the recorded folders (docs/latency, docs/gpu, docs/suite-time)."""
+    folder = Path(folder)
+    path = folder / file_name
+    if not path.is_file():
+        raise error(f"{folder}: no {file_name}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as decode_error:
+        raise error(f"{folder}: {file_name} is not valid JSON ({decode_error})") from decode_error
+
+
 def finished_folders(parent: str | os.PathLike) -> list[Path]:
     """The folders under `parent` by name, without new_folder's staging ones (hidden: '.<name>.*')
     or any other hidden folder; [] where `parent` does not exist."""

@@ -12,7 +12,6 @@ Light on purpose: no TensorFlow or LiteRT import, so the README check runs in a 
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -71,14 +70,7 @@ def check_measurement(measurement: Any, folder: Path, recorded: bool = True) -> 
 
 def load_latency(folder: str | os.PathLike) -> dict:
     """A recorded measurement, checked (LatencyFolderError naming the problem otherwise)."""
-    folder = Path(folder)
-    path = folder / LATENCY_FILE
-    _check(path.is_file(), folder, f"no {LATENCY_FILE}")
-    try:
-        measurement = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise LatencyFolderError(f"{folder}: {LATENCY_FILE} is not valid JSON ({error})") from error
-    return check_measurement(measurement, folder)
+    return check_measurement(io.read_json_in(folder, LATENCY_FILE, LatencyFolderError), Path(folder))
 
 
 def latest_latency(latency_dir: str | os.PathLike) -> dict | None:
@@ -99,7 +91,8 @@ def record_latency(latency_dir: str | os.PathLike, source_dir: str | os.PathLike
     if not source.is_file():
         raise FileNotFoundError(f"{source} not found: run `python benchmarks/bench_latency.py` first "
                                 "(or pass --from the folder it wrote)")
-    measurement = check_measurement(json.loads(source.read_text()), source_dir, recorded=False)
+    measurement = check_measurement(io.read_json_in(source_dir, LATENCY_FILE, LatencyFolderError), source_dir,
+                                    recorded=False)
     # The command: as given, else the one bench_latency.py wrote into the measurement.
     record = {**record, "command": record.get("command") or measurement["context"].get("command")}
     if not record["command"]:

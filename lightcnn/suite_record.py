@@ -11,7 +11,6 @@ Light on purpose: no TensorFlow or Keras import, so the README check runs in a s
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -55,13 +54,8 @@ def check_record(record: Any, folder: Path) -> dict:
 
 
 def load_record(folder: str | os.PathLike) -> dict:
-    folder = Path(folder)
-    path = folder / SUITE_FILE
-    _check(path.is_file(), folder, f"no {SUITE_FILE}")
-    try:
-        return check_record(json.loads(path.read_text()), folder)
-    except json.JSONDecodeError as error:
-        raise SuiteRecordError(f"{folder}: {SUITE_FILE} is not valid JSON ({error})") from error
+    """A recorded timing, checked (SuiteRecordError naming the problem otherwise)."""
+    return check_record(io.read_json_in(folder, SUITE_FILE, SuiteRecordError), Path(folder))
 
 
 def load_records(suite_dir: str | os.PathLike) -> list[dict]:
@@ -87,7 +81,8 @@ def within_target(record: dict) -> bool:
     return record["pytest_exit"] == 0 and record["wall_seconds"] <= 60 * record["target_minutes"]
 
 
-def _minutes(seconds: float) -> str:
+def minutes_and_seconds(seconds: float) -> str:
+    """"5 min 07 s": how suite times are written, in the README's table and suite_time.py's output."""
     minutes, rest = divmod(round(seconds), 60)
     return f"{minutes} min {rest:02d} s"
 
@@ -103,7 +98,7 @@ def _the_goal_on_avx2(records: list[dict]) -> str:
     newest = real[-1]
     verdict = "within" if within_target(newest) else "**over**"
     return (f"On a CPU without AVX-512 (newest: `{newest['name']}`, {newest['cpu']}), the suite took "
-            f"{_minutes(newest['wall_seconds'])}: {verdict} the {newest['target_minutes']:g}-minute goal.")
+            f"{minutes_and_seconds(newest['wall_seconds'])}: {verdict} the {newest['target_minutes']:g}-minute goal.")
 
 
 def render_suite_section(records: list[dict], suite_dir: str = "docs/suite-time") -> str:
@@ -123,7 +118,7 @@ def render_suite_section(records: list[dict], suite_dir: str = "docs/suite-time"
         subset = f" (only {' '.join(r['pytest_args'])})" if r["pytest_args"] else ""
         summed = sum(row["seconds"] for row in r["files"])
         lines.append(f"| `{r['name']}` | {r['date'][:10]} | {commit} | {r['cpu']} | {cores} "
-                     f"| {passed} of {tests['total']}{subset} | {_minutes(r['wall_seconds'])} "
+                     f"| {passed} of {tests['total']}{subset} | {minutes_and_seconds(r['wall_seconds'])} "
                      f"| {'yes' if within_target(r) else '**no**'} (goal {r['target_minutes']:g} min) "
                      f"| {summed:.0f} s | {r['probe_before']['python_loop_seconds']:.2f} s / "
                      f"{r['probe_after']['python_loop_seconds']:.2f} s |")

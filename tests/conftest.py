@@ -93,8 +93,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if hasattr(config, "workerinput"):  # an xdist worker: the controller reports
         return
     from lightcnn.machine import describe_cpu
+    from lightcnn.suite_record import minutes_and_seconds
 
-    minutes, seconds = divmod(round(time.monotonic() - _session_start), 60)
-    terminalreporter.write_line(f"suite time: {minutes} min {seconds:02d} s wall on {describe_cpu()} (the goal: "
+    wall = minutes_and_seconds(time.monotonic() - _session_start)
+    terminalreporter.write_line(f"suite time: {wall} wall on {describe_cpu()} (the goal: "
                                 f"under {SUITE_GOAL_MINUTES} min on 2 cores without AVX-512; "
                                 "`python benchmarks/suite_time.py` checks it)")
