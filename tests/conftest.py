@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 import time
 from pathlib import Path
 from types import ModuleType
@@ -38,6 +39,26 @@ def shared_data() -> Path:
         pytest.fail(f"real test data not found at {SHARED_DATA}: put the shared/ folder beside the project "
                     "or set LIGHTCNN_SHARED_DATA")
     return SHARED_DATA
+
+
+def turn_op_determinism_off() -> None:
+    """TensorFlow's op determinism off (its default), where TF is loaded: train_model (through
+    seed_everything, with the recipes' deterministic=True) turns it on for the whole process.
+    TF has no public switch back, so its framework module's is used."""
+    if "tensorflow" in sys.modules:
+        from tensorflow.python.framework import config
+
+        if config.is_op_determinism_enabled():
+            config.disable_op_determinism()
+
+
+@pytest.fixture(autouse=True)
+def tensorflow_op_determinism_off_after_each_test():
+    """A test that trained in the xdist worker's process (or its module's fixture that did) left
+    the rest of that worker's files, whichever they were, under op determinism. Each training
+    turns it on again for itself."""
+    yield
+    turn_op_determinism_off()
 
 
 # Images per class and split in the session's CIFAR-10 subset: the most any test using it reads.

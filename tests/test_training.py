@@ -27,7 +27,7 @@ from lightcnn.training import (
     seed_everything, train_model,
 )
 from tests.checkpoint_files import checkpoint_arrays
-from tests.conftest import PROJECT_ROOT, STAGE_START
+from tests.conftest import PROJECT_ROOT, STAGE_START, turn_op_determinism_off
 from tests.tiny_model import TINY_NAME, TINY_SPEC
 
 # ----------------------------------------------------------------------------- recipes
@@ -101,6 +101,21 @@ def test_learning_rate_schedules():
     restored = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(cosine))
     assert lr(restored, 60) == lr(cosine, 60)
 
+
+
+def test_deterministic_seeding_turns_op_determinism_on_and_each_test_ends_with_it_off():
+    """seed_everything with deterministic=True turns TensorFlow's op determinism on for the
+    whole process; conftest turns it off after every test, so that the xdist worker's next
+    files do not run under it (this test starts with it off after any other)."""
+    from tensorflow.python.framework import config as tf_config
+
+    assert not tf_config.is_op_determinism_enabled()
+    seed_everything(resolve_config("default", seed=0, deterministic=False))
+    assert not tf_config.is_op_determinism_enabled()
+    seed_everything(resolve_config("default", seed=0))
+    assert tf_config.is_op_determinism_enabled()
+    turn_op_determinism_off()
+    assert not tf_config.is_op_determinism_enabled()
 
 # ----------------------------------------------------------------------------- train_model
 

@@ -92,7 +92,7 @@ def check_dataset(dataset: Any, name: str, input_shape: Sequence[int], num_class
 def seed_everything(config: TrainConfig) -> None:
     """Seed Python, NumPy, Keras (and TensorFlow, when it is loaded) with config.seed and,
     with config.deterministic, turn on TensorFlow's op determinism (for the whole process:
-    TF cannot switch it off again; JAX's deterministic GPU kernels are set by
+    TF has no public switch to turn it off again; JAX's deterministic GPU kernels are set by
     prepare_process, before JAX starts).
 
     train_model calls it; call it before building tf.data datasets too, because tf.data's
