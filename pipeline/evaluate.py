@@ -4,18 +4,22 @@
 """
 from __future__ import annotations
 
-import numpy as np
+from pipeline.common import stage
 
-from lightcnn import io
-from lightcnn.data import load_manifest, make_dataset
-from lightcnn.evaluation import (
+if __name__ == "__main__":  # a mistake reported in a second, before Keras and TensorFlow load
+    stage.check_params_first(per_model=True)
+
+import numpy as np  # noqa: E402
+
+from lightcnn import io  # noqa: E402
+from lightcnn.data import load_manifest, make_dataset  # noqa: E402
+from lightcnn.evaluation import (  # noqa: E402
     confusion_matrix_rows, evaluate_model, per_class_accuracy_rows, save_confusion_matrix_png,
 )
-from lightcnn.gradcam import save_gradcam_grid
-from lightcnn.models import count_macs, load_model
-from pipeline.common import stage
-from pipeline.common.params import StageParams
-from pipeline.common.paths import PROCESSED_DIR, ModelPaths
+from lightcnn.gradcam import save_gradcam_grid  # noqa: E402
+from lightcnn.models import count_macs, load_model  # noqa: E402
+from pipeline.common.params import StageParams  # noqa: E402
+from pipeline.common.paths import PROCESSED_DIR, ModelPaths  # noqa: E402
 
 
 def one_image_per_class(dataset, count: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:

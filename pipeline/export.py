@@ -4,17 +4,21 @@
 """
 from __future__ import annotations
 
-import dataclasses
-
-import numpy as np
-
-from lightcnn import io
-from lightcnn.data import make_dataset
-from lightcnn.export import VARIANTS, Int8Recipe, TFLiteModel, convert_variants, evaluate_tflite
-from lightcnn.models import load_model
 from pipeline.common import stage
-from pipeline.common.params import StageParams
-from pipeline.common.paths import PROCESSED_DIR, ModelPaths
+
+if __name__ == "__main__":  # a mistake reported in a second, before Keras and TensorFlow load
+    stage.check_params_first(per_model=True)
+
+import dataclasses  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from lightcnn import io  # noqa: E402
+from lightcnn.data import make_dataset  # noqa: E402
+from lightcnn.export import VARIANTS, Int8Recipe, TFLiteModel, convert_variants, evaluate_tflite  # noqa: E402
+from lightcnn.models import load_model  # noqa: E402
+from pipeline.common.params import StageParams  # noqa: E402
+from pipeline.common.paths import PROCESSED_DIR, ModelPaths  # noqa: E402
 
 
 def take(dataset, limit: int | None) -> tuple[np.ndarray, np.ndarray]:

@@ -184,7 +184,8 @@ def test_declared_params_are_dvc_yaml_s_resolved_for_the_stage(tmp_path):
         declared_params("s", tmp_path)
 
 
-def test_a_stage_fails_fast_on_bad_params(tmp_path):
+@pytest.mark.parametrize("stage", ["train", "evaluate", "export"])  # the stages that load Keras
+def test_a_stage_fails_fast_on_bad_params(tmp_path, stage):
     """A stage validates before any work: one clear message on stderr, no traceback, exit 2,
     and before the seconds of importing Keras and TensorFlow (Python's -X importtime lists
     every module the process imported)."""
@@ -193,7 +194,7 @@ def test_a_stage_fails_fast_on_bad_params(tmp_path):
     params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     params["train"]["batch_size"] = 0
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "pipeline.train", "our_small", "42"],
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", f"pipeline.{stage}", "our_small", "42"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
