@@ -102,7 +102,6 @@ def test_learning_rate_schedules():
     assert lr(restored, 60) == lr(cosine, 60)
 
 
-
 def test_deterministic_seeding_turns_op_determinism_on_and_each_test_ends_with_it_off():
     """seed_everything with deterministic=True turns TensorFlow's op determinism on for the
     whole process; conftest turns it off after every test, so that the xdist worker's next
@@ -116,6 +115,7 @@ def test_deterministic_seeding_turns_op_determinism_on_and_each_test_ends_with_i
     assert tf_config.is_op_determinism_enabled()
     turn_op_determinism_off()
     assert not tf_config.is_op_determinism_enabled()
+
 
 # ----------------------------------------------------------------------------- train_model
 
